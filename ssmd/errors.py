@@ -57,6 +57,15 @@ class HandshakeRejected(AuthError):
         super().__init__(f"{url}: handshake rejected with HTTP {status_code}{hint}")
 
 
+class ExchangeUnavailable(SsmdError):
+    """The exchange could not be reached or dropped the connection; retrying may help."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: {reason}")
+
+
 class ProtocolError(SsmdError):
     """The exchange sent something ssmd cannot act on."""
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 PRICE_DIGITS = 4
 SIZE_DIGITS = 2
-PRICE_SCALE = 10**PRICE_DIGITS
-SIZE_SCALE = 10**SIZE_DIGITS
-ONE_DOLLAR_E4 = PRICE_SCALE
+PRICE_SCALE: int = 10**PRICE_DIGITS
+SIZE_SCALE: int = 10**SIZE_DIGITS
+ONE_DOLLAR_E4: int = PRICE_SCALE
 
 _DIGITS = frozenset("0123456789")
+_POW10: tuple[int, ...] = tuple(10**n for n in range(19))
 
 
 def parse_fixed(text: str, digits: int) -> int:
@@ -29,7 +30,7 @@ def parse_fixed(text: str, digits: int) -> int:
         whole = text[:dot]
         frac = text[dot + 1 :]
         if whole.isdigit() and frac.isdigit() and whole.isascii() and frac.isascii():
-            return int(whole) * 10**digits + int(frac)
+            return int(whole) * _POW10[digits] + int(frac)
     return _parse_fixed_slow(text, digits)
 
 
@@ -50,7 +51,7 @@ def _parse_fixed_slow(text: str, digits: int) -> int:
             raise ValueError(f"{text!r} has more than {digits} significant decimals")
         frac = frac[:digits]
     frac = frac.ljust(digits, "0")
-    return sign * (int(whole or "0") * 10**digits + int(frac or "0"))
+    return sign * (int(whole or "0") * _POW10[digits] + int(frac or "0"))
 
 
 def format_fixed(value: int, digits: int) -> str:

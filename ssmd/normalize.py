@@ -1,0 +1,465 @@
+"""Wire data frames (ssmd.messages) to normalized records (ssmd.records): a pure function.
+
+Exact strings (`*_dollars`, `*_fp`) win over legacy integer cents/counts (PROTOCOL.md §8);
+NO-side book prices always leave in NO-leg price (§7.1.4). Also the `ssmd normalize` engine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import BinaryIO, Final, TextIO
+
+import msgspec
+
+from ssmd.errors import FrameDecodeError
+from ssmd.fixedpoint import (
+    ONE_DOLLAR_E4,
+    cents_to_price,
+    count_to_size,
+    parse_price,
+    parse_size,
+)
+from ssmd.messages import (
+    CONTROL_FRAME_TYPES,
+    INVALID_FIELDS,
+    DataFrame,
+    EventFeeUpdate,
+    EventLifecycle,
+    FrameDecoder,
+    MarketLifecycleV2,
+    MultivariateMarketLifecycle,
+    OrderbookDelta,
+    OrderbookSnapshot,
+    TickerFrame,
+    TradeFrame,
+)
+from ssmd.records import (
+    BookDelta,
+    BookSnapshot,
+    Flag,
+    Level,
+    Lifecycle,
+    LifecycleScope,
+    PriceRange,
+    Record,
+    Side,
+    Ticker,
+    Trade,
+)
+from ssmd.wiretime import ms_to_ns, rfc3339_to_ns, seconds_to_ns
+
+_OUT_OF_RANGE: Final = (Flag.PRICE_OUT_OF_RANGE,)
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def _invalid(type_name: str, field: str, exc: ValueError) -> FrameDecodeError:
+    return FrameDecodeError(INVALID_FIELDS, detail=f"{field}: {exc}", type_name=type_name)
+
+
+def _price(text: str, field: str, type_name: str) -> int:
+    try:
+        return parse_price(text)
+    except ValueError as exc:
+        raise _invalid(type_name, field, exc) from exc
+
+
+def _size(text: str, field: str, type_name: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise _invalid(type_name, field, exc) from exc
+
+
+def _rfc3339(text: str, field: str, type_name: str) -> int:
+    try:
+        return rfc3339_to_ns(text)
+    except ValueError as exc:
+        raise _invalid(type_name, field, exc) from exc
+
+
+def _missing(type_name: str, field: str) -> FrameDecodeError:
+    return FrameDecodeError(INVALID_FIELDS, detail=f"missing {field}", type_name=type_name)
+
+
+def _out_of_range(price_e4: int | None) -> bool:
+    return price_e4 is not None and not 0 <= price_e4 <= ONE_DOLLAR_E4
+
+
+# --- orderbook (§7.1) --------------------------------------------------------------------
+
+_SNAPSHOT = "orderbook_snapshot"
+
+
+def _levels(
+    fp: tuple[tuple[str, str], ...] | None,
+    dollars: tuple[tuple[str, int], ...] | None,
+    cents: tuple[tuple[int, int], ...] | None,
+    side: str,
+    flip: bool,
+) -> tuple[Level, ...]:
+    """One side of a snapshot, newest representation present, ascending by (converted) price."""
+    if fp is not None:
+        field = f"{side}_dollars_fp"
+        pairs = [(_price(p, field, _SNAPSHOT), _size(s, field, _SNAPSHOT)) for p, s in fp]
+    elif dollars is not None:
+        field = f"{side}_dollars"
+        pairs = [(_price(p, field, _SNAPSHOT), count_to_size(c)) for p, c in dollars]
+    elif cents is not None:
+        pairs = [(cents_to_price(p), count_to_size(c)) for p, c in cents]
+    else:
+        return ()
+    if flip:
+        pairs = [(ONE_DOLLAR_E4 - p, s) for p, s in pairs]
+    pairs.sort()
+    return tuple(Level(p, s) for p, s in pairs)
+
+
+def _book_flags(levels: tuple[Level, ...]) -> tuple[Flag, ...]:
+    out_of_range = any(_out_of_range(level.price_e4) for level in levels)
+    negative = any(level.size_e2 < 0 for level in levels)
+    if not (out_of_range or negative):
+        return ()
+    if not negative:
+        return _OUT_OF_RANGE
+    return (Flag.PRICE_OUT_OF_RANGE, Flag.NEGATIVE_SIZE) if out_of_range else (Flag.NEGATIVE_SIZE,)
+
+
+def _snapshot(frame: OrderbookSnapshot, receive_ts_ns: int, flip: bool) -> BookSnapshot:
+    msg = frame.msg
+    yes_bids = _levels(msg.yes_dollars_fp, msg.yes_dollars, msg.yes, "yes", False)
+    no_bids = _levels(msg.no_dollars_fp, msg.no_dollars, msg.no, "no", flip)
+    return BookSnapshot(
+        market=msg.market_ticker,
+        market_id=msg.market_id or None,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        flags=_book_flags((*yes_bids, *no_bids)),
+        yes_bids=yes_bids,
+        no_bids=no_bids,
+    )
+
+
+def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
+    msg = frame.msg
+    name = "orderbook_delta"
+    if msg.price_dollars:
+        price_e4 = _price(msg.price_dollars, "price_dollars", name)
+    elif msg.price is not None:
+        price_e4 = cents_to_price(msg.price)
+    else:
+        raise _missing(name, "price_dollars")
+    if msg.delta_fp is not None:
+        delta_e2 = _size(msg.delta_fp, "delta_fp", name)
+    elif msg.delta is not None:
+        delta_e2 = count_to_size(msg.delta)
+    else:
+        raise _missing(name, "delta_fp")
+    if flip and msg.side is Side.NO:
+        price_e4 = ONE_DOLLAR_E4 - price_e4
+    ts = msg.ts
+    if ts and "." in ts:
+        exchange_ts_ns: int | None = _rfc3339(ts, "ts", name)
+    elif msg.ts_ms is not None:
+        exchange_ts_ns = ms_to_ns(msg.ts_ms)
+    elif ts:
+        exchange_ts_ns = _rfc3339(ts, "ts", name)
+    else:
+        exchange_ts_ns = None
+    return BookDelta(
+        market=msg.market_ticker,
+        market_id=msg.market_id or None,
+        exchange_ts_ns=exchange_ts_ns,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        flags=_OUT_OF_RANGE if _out_of_range(price_e4) else (),
+        side=msg.side,
+        price_e4=price_e4,
+        delta_e2=delta_e2,
+    )
+
+
+# --- ticker (§7.2) and trade (§7.4) ------------------------------------------------------
+
+
+def _ticker_price(text: str | None, cents: int | None, field: str) -> int | None:
+    if text:
+        return _price(text, field, "ticker")
+    if cents is not None:
+        return cents_to_price(cents)
+    return None
+
+
+def _opt_size(text: str | None, count: int | None, field: str, type_name: str) -> int | None:
+    if text is not None:
+        return _size(text, field, type_name)
+    if count is not None:
+        return count_to_size(count)
+    return None
+
+
+def _ticker(frame: TickerFrame, receive_ts_ns: int) -> Ticker:
+    msg = frame.msg
+    last_price_e4 = _ticker_price(msg.price_dollars, msg.price, "price_dollars")
+    if last_price_e4 == 0:  # "" / 0 / "0.0000": never traded (§7.2)
+        last_price_e4 = None
+    yes_bid_e4 = _ticker_price(msg.yes_bid_dollars, msg.yes_bid, "yes_bid_dollars")
+    yes_ask_e4 = _ticker_price(msg.yes_ask_dollars, msg.yes_ask, "yes_ask_dollars")
+    time = msg.time
+    if time and "." in time:
+        exchange_ts_ns: int | None = _rfc3339(time, "time", "ticker")
+    elif msg.ts_ms is not None:
+        exchange_ts_ns = ms_to_ns(msg.ts_ms)
+    elif msg.ts is not None:
+        exchange_ts_ns = seconds_to_ns(msg.ts)
+    elif time:
+        exchange_ts_ns = _rfc3339(time, "time", "ticker")
+    else:
+        exchange_ts_ns = None
+    out_of_range = (
+        _out_of_range(last_price_e4) or _out_of_range(yes_bid_e4) or _out_of_range(yes_ask_e4)
+    )
+    return Ticker(
+        market=msg.market_ticker,
+        exchange_ts_ns=exchange_ts_ns,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        flags=_OUT_OF_RANGE if out_of_range else (),
+        market_id=msg.market_id or None,
+        last_price_e4=last_price_e4,
+        yes_bid_e4=yes_bid_e4,
+        yes_ask_e4=yes_ask_e4,
+        yes_bid_size_e2=_opt_size(msg.yes_bid_size_fp, None, "yes_bid_size_fp", "ticker"),
+        yes_ask_size_e2=_opt_size(msg.yes_ask_size_fp, None, "yes_ask_size_fp", "ticker"),
+        last_trade_size_e2=_opt_size(msg.last_trade_size_fp, None, "last_trade_size_fp", "ticker"),
+        volume_e2=_opt_size(msg.volume_fp, msg.volume, "volume_fp", "ticker"),
+        open_interest_e2=_opt_size(
+            msg.open_interest_fp, msg.open_interest, "open_interest_fp", "ticker"
+        ),
+        notional_volume_usd=msg.dollar_volume,
+        notional_open_interest_usd=msg.dollar_open_interest,
+    )
+
+
+def _trade(frame: TradeFrame, receive_ts_ns: int) -> Trade:
+    msg = frame.msg
+    name = "trade"
+    if msg.yes_price_dollars:
+        yes_e4 = _price(msg.yes_price_dollars, "yes_price_dollars", name)
+    elif msg.yes_price is not None:
+        yes_e4 = cents_to_price(msg.yes_price)
+    else:
+        raise _missing(name, "yes_price_dollars")
+    if msg.no_price_dollars:
+        no_e4 = _price(msg.no_price_dollars, "no_price_dollars", name)
+    elif msg.no_price is not None:
+        no_e4 = cents_to_price(msg.no_price)
+    else:
+        raise _missing(name, "no_price_dollars")
+    size_e2 = _opt_size(msg.count_fp, msg.count, "count_fp", name)
+    if size_e2 is None:
+        raise _missing(name, "count_fp")
+    flags: tuple[Flag, ...] = ()
+    if _out_of_range(yes_e4) or _out_of_range(no_e4):
+        flags = _OUT_OF_RANGE
+    if yes_e4 + no_e4 != ONE_DOLLAR_E4:
+        flags = (*flags, Flag.PRICE_SUM_MISMATCH)
+    if msg.ts_ms is not None:
+        exchange_ts_ns: int | None = ms_to_ns(msg.ts_ms)
+    elif msg.ts is not None:
+        exchange_ts_ns = seconds_to_ns(msg.ts)
+    else:
+        exchange_ts_ns = None
+    return Trade(
+        market=msg.market_ticker,
+        exchange_ts_ns=exchange_ts_ns,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        flags=flags,
+        trade_id=msg.trade_id or "",
+        yes_price_e4=yes_e4,
+        no_price_e4=no_e4,
+        size_e2=size_e2,
+        taker_side=msg.taker_outcome_side or msg.taker_side,
+        taker_book_side=msg.taker_book_side,
+        is_block_trade=msg.is_block_trade,
+    )
+
+
+# --- lifecycle (§7.5) --------------------------------------------------------------------
+
+
+def _number_text(raw: msgspec.Raw, field: str, type_name: str) -> str | None:
+    """Exact decimal text of a JSON number (or of a numeric string, Jan-2026 docs); None when
+    absent or null. Never goes through float: "95000.10" stays as sent, "1.5e3" -> "1500"."""
+    text = bytes(raw).decode()
+    if not text or text == "null":
+        return None
+    if text.startswith('"'):
+        text = msgspec.json.decode(text, type=str)
+    if _JSON_NUMBER.fullmatch(text) is None:
+        raise _invalid(type_name, field, ValueError(f"not a decimal number: {text!r}"))
+    if "e" in text or "E" in text:
+        return format(Decimal(text), "f")  # exact: Decimal is base 10
+    return text
+
+
+def _opt_ns(seconds: int | None) -> int | None:
+    return None if seconds is None else seconds_to_ns(seconds)
+
+
+def _market_lifecycle(
+    frame: MarketLifecycleV2 | MultivariateMarketLifecycle, name: str, receive_ts_ns: int
+) -> Lifecycle:
+    """market_lifecycle_v2 and multivariate_market_lifecycle (same shape). Strikes and titles
+    come top-level (metadata_updated) or from additional_metadata (created)."""
+    msg = frame.msg
+    meta = msg.additional_metadata
+    floor_raw = msg.floor_strike
+    cap_raw = msg.cap_strike
+    if meta is not None:
+        floor_raw = floor_raw if len(floor_raw) else meta.floor_strike
+        cap_raw = cap_raw if len(cap_raw) else meta.cap_strike
+    settlement_e4 = None
+    if msg.settlement_value:
+        settlement_e4 = _price(msg.settlement_value, "settlement_value", name)
+    price_ranges = None
+    if msg.price_ranges is not None:
+        field = "price_ranges"
+        price_ranges = tuple(
+            PriceRange(
+                start_e4=_price(r.start, field, name),
+                end_e4=_price(r.end, field, name),
+                step_e4=_price(r.step, field, name),
+            )
+            for r in msg.price_ranges
+        )
+    prices = [settlement_e4]
+    for band in price_ranges or ():
+        prices += (band.start_e4, band.end_e4, band.step_e4)
+    expected_s = msg.expected_expiration_ts
+    if expected_s is None and meta is not None:
+        expected_s = meta.expected_expiration_ts
+    return Lifecycle(
+        market=msg.market_ticker,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        flags=_OUT_OF_RANGE if any(_out_of_range(p) for p in prices) else (),
+        scope=LifecycleScope.MARKET,
+        event_type=msg.event_type,
+        event_ticker=msg.event_ticker or (meta.event_ticker if meta else None),
+        title=meta.title if meta else None,
+        subtitle=msg.yes_sub_title or (meta.yes_sub_title if meta else None),
+        open_ts_ns=_opt_ns(msg.open_ts),
+        close_ts_ns=_opt_ns(msg.close_ts),
+        expected_expiration_ts_ns=_opt_ns(expected_s),
+        determination_ts_ns=_opt_ns(msg.determination_ts),
+        settled_ts_ns=_opt_ns(msg.settled_ts),
+        result=msg.result,
+        settlement_value_e4=settlement_e4,
+        is_deactivated=msg.is_deactivated,
+        price_level_structure=msg.price_level_structure,
+        price_ranges=price_ranges,
+        strike_type=msg.strike_type or (meta.strike_type if meta else None),
+        floor_strike=_number_text(floor_raw, "floor_strike", name),
+        cap_strike=_number_text(cap_raw, "cap_strike", name),
+        custom_strike=msg.custom_strike or (meta.custom_strike if meta else None),
+    )
+
+
+def _event_lifecycle(frame: EventLifecycle, receive_ts_ns: int) -> Lifecycle:
+    msg = frame.msg
+    return Lifecycle(
+        market=msg.event_ticker,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        scope=LifecycleScope.EVENT,
+        event_type="event_created",
+        event_ticker=msg.event_ticker,
+        series_ticker=msg.series_ticker,
+        title=msg.title,
+        subtitle=msg.subtitle if msg.subtitle is not None else msg.sub_title,
+    )
+
+
+def _event_fee_update(frame: EventFeeUpdate, receive_ts_ns: int) -> Lifecycle:
+    msg = frame.msg
+    return Lifecycle(
+        market=msg.event_ticker,
+        receive_ts_ns=receive_ts_ns,
+        sid=frame.sid,
+        seq=frame.seq,
+        scope=LifecycleScope.EVENT,
+        event_type="event_fee_updated",
+        event_ticker=msg.event_ticker,
+        fee_type_override=msg.fee_type_override,
+        fee_multiplier_override=_number_text(
+            msg.fee_multiplier_override, "fee_multiplier_override", "event_fee_update"
+        ),
+    )
+
+
+def normalize(
+    frame: DataFrame, receive_ts_ns: int, *, no_side_in_yes_price: bool = False
+) -> Record:
+    """One data frame to its record. `no_side_in_yes_price`: the orderbook subscription used
+    `use_yes_price: true` (§7.1.4), so NO-side prices are converted p -> $1 - p.
+
+    Out-of-domain values are flagged, not rejected. A string that is not a decimal number
+    raises FrameDecodeError(INVALID_FIELDS) naming the field.
+    """
+    # Most frequent first (deltas dominate a busy connection).
+    if isinstance(frame, OrderbookDelta):
+        return _delta(frame, receive_ts_ns, no_side_in_yes_price)
+    if isinstance(frame, TickerFrame):
+        return _ticker(frame, receive_ts_ns)
+    if isinstance(frame, TradeFrame):
+        return _trade(frame, receive_ts_ns)
+    if isinstance(frame, OrderbookSnapshot):
+        return _snapshot(frame, receive_ts_ns, no_side_in_yes_price)
+    if isinstance(frame, MarketLifecycleV2):
+        return _market_lifecycle(frame, "market_lifecycle_v2", receive_ts_ns)
+    if isinstance(frame, MultivariateMarketLifecycle):
+        return _market_lifecycle(frame, "multivariate_market_lifecycle", receive_ts_ns)
+    if isinstance(frame, EventLifecycle):
+        return _event_lifecycle(frame, receive_ts_ns)
+    return _event_fee_update(frame, receive_ts_ns)
+
+
+def run_normalize(
+    lines: Iterable[bytes],
+    out: BinaryIO,
+    err: TextIO,
+    *,
+    no_side_in_yes_price: bool,
+    clock_ns: Callable[[], int],
+) -> int:
+    """Engine of `ssmd normalize FILE`: one JSON record line on `out` per data frame, control
+    frames skipped, `line N: <reason>: <detail or type>` on `err` per unusable line.
+
+    Returns 0 when every non-blank line was handled, else 1.
+    """
+    decoder = FrameDecoder()
+    encoder = msgspec.json.Encoder()
+    status = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            frame = decoder.decode(line)
+            if isinstance(frame, CONTROL_FRAME_TYPES):
+                continue
+            record = normalize(frame, clock_ns(), no_side_in_yes_price=no_side_in_yes_price)
+        except FrameDecodeError as exc:
+            err.write(f"line {number}: {exc.reason}: {exc.detail or exc.type_name}\n")
+            status = 1
+            continue
+        out.write(encoder.encode(record) + b"\n")
+    return status

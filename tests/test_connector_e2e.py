@@ -1,0 +1,289 @@
+"""End to end on 127.0.0.1: a real `ssmd-connector` process against the simulator, SIGTERM,
+and the files compared record for record with what the simulator says it sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ssmd.errors import FrameDecodeError
+from ssmd.exchange.server import ExchangeSimulator
+from ssmd.messages import (
+    ErrorFrame,
+    FrameDecoder,
+    Ok,
+    OrderbookDelta,
+    OrderbookSnapshot,
+    Subscribed,
+    Unsubscribed,
+)
+from ssmd.normalize import normalize
+from ssmd.records import RecordBase, Status, StatusEvent, record_kind
+from ssmd.transport.files import read_records
+
+from .conftest import CAPTURES, REPO, write_pem
+
+BIN = Path(sys.executable).parent
+CONNECTOR = str(BIN / "ssmd-connector")
+TOOLBOX = str(BIN / "ssmd")
+KEY_ID = "0b5c2a47-test-key"
+
+pytestmark = pytest.mark.integration
+
+
+def write_env(
+    tmp_path: Path, *, url: str, key_file: Path, markets: list[str], records_dir: Path
+) -> Path:
+    env = tmp_path / "e2e.yaml"
+    env.write_text(
+        f"""
+name: e2e
+exchange:
+  ws_url: {url}
+credentials:
+  key_id_env: SSMD_TEST_KEY_ID
+  private_key_file: {key_file}
+subscription:
+  channels: [orderbook_delta, ticker, trade, market_lifecycle_v2]
+  markets: {json.dumps(markets)}
+  use_yes_price: true
+transport:
+  kind: file
+  dir: {records_dir}
+runtime:
+  summary_interval_s: 0
+log:
+  level: info
+  format: json
+"""
+    )
+    return env
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def expected_records(sent: list[bytes]) -> dict[str, list[RecordBase]]:
+    """Normalize the simulator's own log, the independent record of what went on the wire."""
+    decoder = FrameDecoder()
+    expected: dict[str, list[RecordBase]] = {}
+    for data in sent:
+        try:
+            frame = decoder.decode(data)
+        except FrameDecodeError as exc:  # pragma: no cover - the assertion explains
+            raise AssertionError(f"simulator sent an undecodable frame: {data!r}") from exc
+        if isinstance(frame, Subscribed | Ok | Unsubscribed | ErrorFrame):
+            continue
+        is_book = isinstance(frame, OrderbookSnapshot | OrderbookDelta)
+        record = normalize(frame, 0, no_side_in_yes_price=is_book)  # type: ignore[arg-type]
+        expected.setdefault(record_kind(record), []).append(record)
+    return expected
+
+
+def without_receive_time(records: list[RecordBase]) -> list[RecordBase]:
+    return [msgspec.structs.replace(r, receive_ts_ns=0) for r in records]
+
+
+async def test_sigterm_drains_and_files_equal_what_the_simulator_sent(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_file = write_pem(tmp_path / "kalshi.pem", rsa_key)
+    records_dir = tmp_path / "records"
+    async with ExchangeSimulator(
+        public_keys={KEY_ID: rsa_key.public_key()}, market_count=8, rate_hz=2000.0, seed=11
+    ) as sim:
+        env = write_env(
+            tmp_path,
+            url=sim.url,
+            key_file=key_file,
+            markets=list(sim.markets),
+            records_dir=records_dir,
+        )
+        proc = await asyncio.create_subprocess_exec(
+            CONNECTOR,
+            "--env",
+            str(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+        )
+        try:
+            await wait_until(lambda: len(sim.sent) >= 1500, 60, "1500 frames sent")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        log = stderr.decode()
+        assert proc.returncode == 0, log
+        sent = [f.data for f in sim.sent]
+
+    expected = expected_records(sent)
+    got: dict[str, list[RecordBase]] = {}
+    for record in read_records(records_dir):
+        got.setdefault(record_kind(record), []).append(record)
+
+    statuses = got.pop("status")
+    assert all(isinstance(s, Status) for s in statuses)
+    events = [s.event for s in statuses if isinstance(s, Status)]
+    assert events[0] is StatusEvent.CONNECTED
+    assert events.count(StatusEvent.SUBSCRIBED) == 4
+    assert events[-1] is StatusEvent.DISCONNECTED
+    assert StatusEvent.GAP not in events
+
+    assert set(got) == set(expected)
+    assert {"book_snapshot", "book_delta", "ticker", "trade"} <= set(got)
+    for kind, records in expected.items():
+        assert len(got[kind]) == len(records), kind
+        assert without_receive_time(got[kind]) == without_receive_time(records), kind
+    # Every record was stamped with a real receive time.
+    assert all(r.receive_ts_ns > 1_700_000_000 * 10**9 for rs in got.values() for r in rs)
+    # Every log line is JSON with a dotted event name; the key never appears.
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert any(line["event"] == "connector.stopped" for line in lines)
+    assert "PRIVATE KEY" not in log
+
+
+async def test_wrong_key_is_refused_with_401_and_a_clear_error(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, other_rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_file = write_pem(tmp_path / "wrong.pem", other_rsa_key, pkcs8=True)
+    async with ExchangeSimulator(
+        public_keys={KEY_ID: rsa_key.public_key()}, market_count=2, rate_hz=10.0, seed=1
+    ) as sim:
+        env = write_env(
+            tmp_path,
+            url=sim.url,
+            key_file=key_file,
+            markets=list(sim.markets),
+            records_dir=tmp_path / "records",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            CONNECTOR,
+            "--env",
+            str(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert sim.sent == []
+    log = stderr.decode()
+    assert proc.returncode == 1, log
+    failure = next(
+        json.loads(line)
+        for line in log.splitlines()
+        if line.strip() and json.loads(line)["event"] == "connector.intake_failed"
+    )
+    assert failure["error_type"] == "HandshakeRejected"
+    assert "HTTP 401" in failure["error"]
+    assert "PRIVATE KEY" not in log
+
+
+def test_local_environment_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    """The shipped `local` environment (in-process simulator, files under ./var), clean dir."""
+    proc = subprocess.Popen(
+        [CONNECTOR, "--env", str(REPO / "environments" / "local.yaml")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        records_dir = tmp_path / "var" / "records"
+        deadline = 60.0
+        step = 0.1
+        while deadline > 0 and not list(records_dir.glob("book_delta/*.part")):
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            deadline -= step
+            time.sleep(step)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()
+    records = read_records(tmp_path / "var" / "records")
+    kinds = {record_kind(r) for r in records}
+    assert {"status", "book_snapshot", "book_delta"} <= kinds
+    assert not list((tmp_path / "var" / "records").rglob("*.part"))
+
+
+def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path) -> None:
+    env = tmp_path / "bad.yaml"
+    env.write_text("exchange:\n  simulator: {markets: 2}\nsubscription:\n  channels: [ticker_v2]\n")
+    result = subprocess.run(
+        [CONNECTOR, "--env", str(env), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert str(env) in result.stderr
+    assert "subscription.channels" in result.stderr
+
+
+def test_check_validates_and_prints_no_secret(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    key_file = write_pem(tmp_path / "k.pem", rsa_key)
+    env = write_env(
+        tmp_path,
+        url="wss://example.invalid/trade-api/ws/v2",
+        key_file=key_file,
+        markets=["KXA-1"],
+        records_dir=tmp_path / "r",
+    )
+    result = subprocess.run(
+        [CONNECTOR, "--env", str(env), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert isinstance(summary, dict)
+
+
+def test_ssmd_normalize_command_on_a_capture_file() -> None:
+    capture = CAPTURES / "Haripratiik__prediction-market-trading-engine__test-kalshi-ws-py.jsonl"
+    result = subprocess.run(
+        [TOOLBOX, "normalize", str(capture)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["kind"] for r in records] == [
+        "book_snapshot",
+        "book_delta",
+        "ticker",
+        "book_snapshot",
+    ]
+    assert records[0]["yes_bids"] == [[100, 141000]]
+    assert records[0]["no_bids"] == [[100, 10000], [200, 250000]]
+
+
+def test_ssmd_normalize_reports_bad_lines_and_exits_nonzero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type":"fill","sid":1,"msg":{}}\nnot json\n')
+    result = subprocess.run(
+        [TOOLBOX, "normalize", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "line 1" in result.stderr
+    assert "fill" in result.stderr
+    assert "line 2" in result.stderr
+
+
+def test_ssmd_schema_lists_every_record_kind() -> None:
+    result = subprocess.run([TOOLBOX, "schema"], capture_output=True, text=True, check=True)
+    schema = json.loads(result.stdout)
+    mapping = schema["discriminator"]["mapping"]
+    assert set(mapping) == {"trade", "ticker", "book_snapshot", "book_delta", "lifecycle", "status"}
