@@ -14,23 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import structlog
-
 from ssmd.auth import Credentials, generate_private_key
 from ssmd.client import KalshiClient
 from ssmd.config import Settings, resolve_credentials
 from ssmd.errors import ConfigError, SsmdError
 from ssmd.exchange.server import ExchangeSimulator
+from ssmd.logs import get_logger
 from ssmd.records import Record
 from ssmd.session import KalshiSession
+from ssmd.transport import build_transport
 from ssmd.transport.base import Transport
-from ssmd.transport.files import FileTransport
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 LOCAL_KEY_ID = "local-simulator"
 
-log = structlog.get_logger("ssmd.runner")
+log = get_logger("ssmd.runner")
 
 
 @dataclass
@@ -41,15 +40,6 @@ class Exchange:
     credentials: Credentials
     markets: tuple[str, ...]
     simulator: ExchangeSimulator | None = None
-
-
-def build_transport(settings: Settings) -> Transport:
-    config = settings.transport
-    return FileTransport(
-        config.dir,
-        rotate_max_bytes=config.rotate_max_bytes,
-        rotate_interval_s=config.rotate_interval_s,
-    )
 
 
 async def open_exchange(settings: Settings) -> Exchange:
@@ -76,6 +66,8 @@ async def open_exchange(settings: Settings) -> Exchange:
         market_count=sim_config.markets,
         rate_hz=sim_config.rate_hz,
         seed=sim_config.seed,
+        # The in-process simulator serves a long-running stack: keep no send log.
+        keep_sent=False,
     )
     await simulator.start()
     markets = tuple(settings.subscription.markets) or tuple(simulator.markets)
@@ -95,7 +87,7 @@ class Connector:
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
-        self.transport = transport or build_transport(settings)
+        self.transport = transport or build_transport(settings.transport)
         self._clock_ns = clock_ns
         self._queue: asyncio.Queue[Record | None] = asyncio.Queue(
             maxsize=settings.runtime.queue_size

@@ -1,0 +1,171 @@
+"""`ssmd exchange`: run the local Kalshi exchange simulator until SIGINT/SIGTERM.
+
+Registers RSA public keys (`--public-key KEY_ID=PEM_PATH`) or writes a fresh demo key pair
+(`--generate-key DIR`), then serves PROTOCOL.md §10 on ws://HOST:PORT/trade-api/ws/v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from ssmd.auth import generate_private_key, load_public_key_pem
+from ssmd.errors import ConfigError, SsmdError
+from ssmd.exchange.server import ExchangeSimulator
+
+log = structlog.get_logger("ssmd.exchange")
+
+DEMO_KEY_FILENAME = "ssmd-demo-key.pem"
+DEMO_KEY_ID_FILENAME = "ssmd-demo-key.id"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssmd exchange",
+        description=(
+            "Run a local Kalshi WebSocket v2 exchange with simulated markets. Clients must sign"
+            " the upgrade with a registered key (RSA-PSS, PROTOCOL.md §2)."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="listen port (default 8765)")
+    parser.add_argument("--markets", type=int, default=20, help="simulated markets (default 20)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="market events per second, 0 = flat out"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="RNG seed (default 1)")
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=10.0,
+        help="seconds between 'heartbeat' pings, 0 = none (default 10, as Kalshi)",
+    )
+    parser.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="KEY_ID=PEM_PATH",
+        help="accept this API key id, verified with the RSA public key in PEM_PATH (repeatable)",
+    )
+    parser.add_argument(
+        "--generate-key",
+        type=Path,
+        metavar="DIR",
+        help=f"write a fresh demo private key ({DEMO_KEY_FILENAME}) and its key id"
+        f" ({DEMO_KEY_ID_FILENAME}) into DIR and accept it",
+    )
+    parser.add_argument("--log", type=Path, metavar="PATH", help="append every sent frame here")
+    return parser
+
+
+def parse_public_key_arg(text: str) -> tuple[str, RSAPublicKey]:
+    """`KEY_ID=PEM_PATH` to (key id, public key); ConfigError/KeyLoadError name the problem."""
+    key_id, sep, path_text = text.partition("=")
+    if not sep or not key_id or not path_text:
+        raise ConfigError(
+            f"expected KEY_ID=PEM_PATH, got {text!r}",
+            source="command line",
+            field="--public-key",
+            fix="e.g. --public-key a952bcbe-ec3b-4b5b-b8f9-11dae589608c=./kalshi-pub.pem",
+        )
+    path = Path(path_text)
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path} ({exc.strerror})", source="command line", field="--public-key"
+        ) from exc
+    return key_id, load_public_key_pem(pem, source=str(path))
+
+
+def write_demo_key(directory: Path) -> tuple[str, Path, RSAPublicKey]:
+    """Create a demo key pair in `directory`: PKCS#1 PEM (mode 0600) + key id file."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        key = generate_private_key()
+        key_id = str(uuid.uuid4())
+        pem_path = directory / DEMO_KEY_FILENAME
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,  # Kalshi's download format (§2.3)
+            serialization.NoEncryption(),
+        )
+        fd = os.open(pem_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as pem_file:
+            pem_file.write(pem)
+        (directory / DEMO_KEY_ID_FILENAME).write_text(key_id + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the demo key into {directory} ({exc.strerror})",
+            source="command line",
+            field="--generate-key",
+        ) from exc
+    return key_id, pem_path, key.public_key()
+
+
+def exchange_main(argv: list[str] | None = None) -> int:
+    """Entry point of `ssmd exchange`; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        public_keys = dict(parse_public_key_arg(text) for text in args.public_key)
+        demo: tuple[str, Path] | None = None
+        if args.generate_key is not None:
+            key_id, pem_path, public_key = write_demo_key(args.generate_key)
+            public_keys[key_id] = public_key
+            demo = (key_id, pem_path)
+        if not public_keys:
+            raise ConfigError(
+                "no API key is accepted",
+                source="command line",
+                field="--public-key",
+                fix="pass --public-key KEY_ID=PEM_PATH or --generate-key DIR",
+            )
+        simulator = ExchangeSimulator(
+            public_keys=public_keys,
+            market_count=args.markets,
+            rate_hz=args.rate,
+            seed=args.seed,
+            host=args.host,
+            port=args.port,
+            ping_interval_s=args.ping_interval,
+            log_path=args.log,
+            keep_sent=False,  # runs until a signal: do not grow `sent`
+        )
+        asyncio.run(_serve(simulator, demo))
+    except SsmdError as exc:
+        print(f"ssmd exchange: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"ssmd exchange: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(simulator: ExchangeSimulator, demo: tuple[str, Path] | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with simulator:
+        if demo is not None:
+            key_id, pem_path = demo
+            print(
+                f"Demo key registered. Point a client at this exchange with:\n"
+                f"  export KALSHI_API_KEY_ID={key_id}\n"
+                f'  export KALSHI_PRIVATE_KEY="$(cat {pem_path})"\n'
+                f"  ws url: {simulator.url}",
+                flush=True,
+            )
+        await stop.wait()
+        log.info("exchange.signal", connections=simulator.connections)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)

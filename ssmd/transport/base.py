@@ -1,0 +1,44 @@
+"""The sink contract: what the connector needs from any transport (files, NATS JetStream).
+
+A transport receives normalized records in order, may await in `publish` to push back on the
+producer, and makes everything durable on `close`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ssmd.records import Record
+
+
+@dataclass(frozen=True)
+class TransportStats:
+    """A snapshot of what a transport has written so far."""
+
+    records_by_kind: dict[str, int] = field(default_factory=dict)
+    files_written: int = 0  # completed output files (file transport); 0 for network sinks
+    bytes_written: int = 0  # encoded record bytes handed to the sink
+
+    @property
+    def records(self) -> int:
+        return sum(self.records_by_kind.values())
+
+
+class Transport(Protocol):
+    """Where normalized records go. Methods are called from one asyncio task, in order."""
+
+    async def start(self) -> None:
+        """Open connections or directories; raise TransportError if the sink is unusable."""
+
+    async def publish(self, record: Record) -> None:
+        """Hand one record to the sink; may await to apply backpressure."""
+
+    async def flush(self) -> None:
+        """Push buffered records to the sink (not necessarily to stable storage)."""
+
+    async def close(self) -> None:
+        """Flush, make everything durable, and release resources. Idempotent."""
+
+    def stats(self) -> TransportStats:
+        """Counters so far (a copy: later publishes do not change it)."""
