@@ -199,6 +199,7 @@ async def run_connector(settings: Settings) -> int:
     """Run a Connector with SIGTERM/SIGINT handling; returns the process exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    deadline: list[asyncio.TimerHandle] = []
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -206,11 +207,22 @@ async def run_connector(settings: Settings) -> int:
             os._exit(128 + signum)
         log.info("connector.stopping", signal=signal.Signals(signum).name)
         stop.set()
+        deadline.append(loop.call_later(settings.runtime.shutdown_timeout_s, on_shutdown_timeout))
+
+    def on_shutdown_timeout() -> None:
+        # Draining is stuck (e.g. the transport cannot write): say so and leave non-zero,
+        # rather than hang until the supervisor's SIGKILL.
+        log.error(
+            "connector.shutdown_timeout", shutdown_timeout_s=settings.runtime.shutdown_timeout_s
+        )
+        os._exit(EXIT_FAILED)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         return await Connector(settings).run(stop)
     finally:
+        for handle in deadline:
+            handle.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

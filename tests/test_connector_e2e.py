@@ -287,3 +287,63 @@ def test_ssmd_schema_lists_every_record_kind() -> None:
     schema = json.loads(result.stdout)
     mapping = schema["discriminator"]["mapping"]
     assert set(mapping) == {"trade", "ticker", "book_snapshot", "book_delta", "lifecycle", "status"}
+
+
+async def start_stalled_connector(
+    tmp_path: Path, sim: ExchangeSimulator, key_file: Path, extra_yaml: str = ""
+) -> asyncio.subprocess.Process:
+    """A connector streaming from `sim`, whose exchange then stops reading (a hung close)."""
+    env = write_env(
+        tmp_path,
+        url=sim.url,
+        key_file=key_file,
+        markets=list(sim.markets),
+        records_dir=tmp_path / "records",
+    )
+    if extra_yaml:
+        env.write_text(env.read_text().replace("runtime:\n", f"runtime:\n{extra_yaml}"))
+    proc = await asyncio.create_subprocess_exec(
+        CONNECTOR,
+        "--env",
+        str(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+    )
+    await wait_until(lambda: len(sim.sent) >= 200, 60, "200 frames sent")
+    sim.stall_reading()
+    proc.send_signal(signal.SIGTERM)
+    return proc
+
+
+async def test_second_signal_exits_at_once_with_128_plus_signal(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_file = write_pem(tmp_path / "kalshi.pem", rsa_key)
+    async with ExchangeSimulator(
+        public_keys={KEY_ID: rsa_key.public_key()}, market_count=4, rate_hz=500.0, seed=2
+    ) as sim:
+        proc = await start_stalled_connector(tmp_path, sim, key_file)
+        assert proc.stderr is not None
+        # The close handshake now hangs: wait until the connector says it is stopping.
+        while b"connector.stopping" not in await proc.stderr.readline():
+            pass
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+async def test_stuck_drain_ends_after_shutdown_timeout_with_exit_1(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    key_file = write_pem(tmp_path / "kalshi.pem", rsa_key)
+    async with ExchangeSimulator(
+        public_keys={KEY_ID: rsa_key.public_key()}, market_count=4, rate_hz=500.0, seed=2
+    ) as sim:
+        proc = await start_stalled_connector(
+            tmp_path, sim, key_file, extra_yaml="  shutdown_timeout_s: 1\n"
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    events = [json.loads(line)["event"] for line in stderr.decode().splitlines() if line.strip()]
+    assert "connector.shutdown_timeout" in events

@@ -168,6 +168,13 @@ class ExchangeSimulator:
         """The live market state (read-only use: tests compare books and tickers with it)."""
         return self._generator
 
+    def stall_reading(self) -> None:
+        """Stop reading from every open connection: client frames, its close frame included,
+        go unanswered (a hung exchange, for shutdown and liveness tests)."""
+        if self._server is not None:
+            for connection in self._server.connections:
+                connection.transport.pause_reading()
+
     def inject_fault(self, connection_id: int, fault: Fault) -> bool:
         """Queue `fault` on one connection (see protocol.Fault); False if it is not open."""
         client = self._clients.get(connection_id)
