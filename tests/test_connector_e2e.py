@@ -71,6 +71,18 @@ log:
     return env
 
 
+async def spawn_connector(env: Path) -> asyncio.subprocess.Process:
+    """`ssmd-connector --env ENV` as a real subprocess, logs (JSON lines) on its stderr pipe."""
+    return await asyncio.create_subprocess_exec(
+        CONNECTOR,
+        "--env",
+        str(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+    )
+
+
 async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
@@ -115,14 +127,7 @@ async def test_sigterm_drains_and_files_equal_what_the_simulator_sent(
             markets=list(sim.markets),
             records_dir=records_dir,
         )
-        proc = await asyncio.create_subprocess_exec(
-            CONNECTOR,
-            "--env",
-            str(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
-        )
+        proc = await spawn_connector(env)
         try:
             await wait_until(lambda: len(sim.sent) >= 1500, 60, "1500 frames sent")
         finally:
@@ -172,14 +177,7 @@ async def test_wrong_key_is_refused_with_401_and_a_clear_error(
             markets=list(sim.markets),
             records_dir=tmp_path / "records",
         )
-        proc = await asyncio.create_subprocess_exec(
-            CONNECTOR,
-            "--env",
-            str(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
-        )
+        proc = await spawn_connector(env)
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
         assert sim.sent == []
     log = stderr.decode()
@@ -302,14 +300,7 @@ async def start_stalled_connector(
     )
     if extra_yaml:
         env.write_text(env.read_text().replace("runtime:\n", f"runtime:\n{extra_yaml}"))
-    proc = await asyncio.create_subprocess_exec(
-        CONNECTOR,
-        "--env",
-        str(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
-    )
+    proc = await spawn_connector(env)
     await wait_until(lambda: len(sim.sent) >= 200, 60, "200 frames sent")
     sim.stall_reading()
     proc.send_signal(signal.SIGTERM)
