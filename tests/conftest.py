@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ssmd.auth import generate_private_key
+from ssmd.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO.parent / "shared" / "kalshi" / "captures"
@@ -41,3 +43,14 @@ def write_pem(path: Path, key: rsa.RSAPrivateKey, *, pkcs8: bool = False) -> Pat
         key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
     )
     return path
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A real nats-server with JetStream on a free port (`-p -1`), store in tmp, torn down."""
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
