@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -18,14 +18,20 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ssmd.auth import Credentials
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
 from ssmd.records import Record, StatusEvent
-from ssmd.session import (
+from ssmd.session import KalshiSession
+from ssmd.session_events import (
+    BookInvalid,
     DuplicateFrame,
     ExchangeError,
-    KalshiSession,
     MalformedFrame,
+    ReconnectRequired,
+    RepairStarted,
+    Resynced,
     SequenceGap,
     SessionEvent,
+    SlowDown,
     SubscriptionConfirmed,
+    TradesMissing,
     UnsupportedFrame,
 )
 
@@ -64,6 +70,9 @@ class KalshiClient:
             connection_id=session.connection_id, url=url
         )
         self.connected = asyncio.Event()
+        self.on_trades_missing: Callable[[TradesMissing], Awaitable[None]] | None = None
+        self._reconnect_reason: str | None = None
+        self._command_delay_s = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
@@ -79,7 +88,12 @@ class KalshiClient:
                 await self._pump(ws)
             finally:
                 closer.cancel()
-        reason = "shutdown" if stop.is_set() else _close_reason(ws)
+        if stop.is_set():
+            reason = "shutdown"
+        elif self._reconnect_reason is not None:
+            reason = self._reconnect_reason
+        else:
+            reason = _close_reason(ws)
         await self._emit(
             self.session.status_record(StatusEvent.DISCONNECTED, self._clock_ns(), reason=reason)
         )
@@ -135,7 +149,12 @@ class KalshiClient:
                     await self._handle(event)
             if session.has_commands:
                 for command in session.commands_to_send():
+                    if self._command_delay_s:
+                        await asyncio.sleep(self._command_delay_s)
                     await ws.send(command, text=True)
+            if self._reconnect_reason is not None:
+                await ws.close(code=1000, reason="resync")
+                return
 
     async def _emit(self, record: Record) -> None:
         await self._sink.put(record)
@@ -154,6 +173,43 @@ class KalshiClient:
                 received_seq=event.received_seq,
             )
             await self._emit(event.status)
+        elif isinstance(event, BookInvalid):
+            log.warning(
+                "session.book_invalid", sid=event.sid, market=event.market, reason=event.reason
+            )
+            await self._emit(event.status)
+        elif isinstance(event, RepairStarted):
+            log.info(
+                "session.repair_started",
+                sid=event.sid,
+                method=event.method.value,
+                markets=len(event.markets),
+                reason=event.reason,
+            )
+        elif isinstance(event, Resynced):
+            log.info(
+                "session.resynced",
+                sid=event.sid,
+                markets=len(event.markets),
+                snapshot_seq=event.snapshot_seq,
+            )
+            await self._emit(event.status)
+        elif isinstance(event, ReconnectRequired):
+            log.warning("session.reconnect_required", reason=event.reason)
+            self._reconnect_reason = event.reason
+        elif isinstance(event, TradesMissing):
+            log.warning(
+                "session.trades_missing",
+                markets=len(event.markets),
+                since_ts_ns=event.since_ts_ns,
+                until_ts_ns=event.until_ts_ns,
+                reason=event.reason,
+            )
+            if self.on_trades_missing is not None:
+                await self.on_trades_missing(event)
+        elif isinstance(event, SlowDown):
+            log.warning("session.slow_down", code=event.code)
+            self._command_delay_s = min(max(self._command_delay_s * 2, 0.1), 5.0)
         elif isinstance(event, ExchangeError):
             log.warning(
                 "session.exchange_error",

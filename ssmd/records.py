@@ -37,6 +37,7 @@ class Flag(enum.Enum):
     NEGATIVE_SIZE = "negative_size"
     PRICE_SUM_MISMATCH = "price_sum_mismatch"
     AFTER_RESYNC = "after_resync"
+    BACKFILLED = "backfilled"
 
 
 class LifecycleScope(enum.Enum):

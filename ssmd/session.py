@@ -1,17 +1,18 @@
 """The client side of one Kalshi WebSocket connection, sans I/O (PROTOCOL.md §4-§6).
 
 Commands go out as bytes, frames come in as bytes, and normalized records plus session events
-come out. Subscription and per-sid sequence state live here; there is no asyncio, no socket and
-no clock: the driver passes each frame's receive time.
+come out. Subscriptions, per-sid sequence state, the local order books and their repair live
+here; there is no asyncio, no socket and no clock: every frame brings its receive time.
 """
 
 from __future__ import annotations
 
-import enum
-from collections import Counter
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ssmd.book import BookSet
+from ssmd.book_repair import BookRepairs
 from ssmd.errors import FrameDecodeError
 from ssmd.messages import (
     UNSUPPORTED_TYPE,
@@ -28,118 +29,67 @@ from ssmd.messages import (
     encode_command,
 )
 from ssmd.normalize import normalize
-from ssmd.records import Record, Status, StatusEvent
+from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent, Trade
+from ssmd.session_events import (
+    DuplicateFrame,
+    ExchangeError,
+    MalformedFrame,
+    RepairMethod,
+    SequenceGap,
+    SessionEvent,
+    SessionStats,
+    SlowDown,
+    Subscription,
+    SubscriptionConfirmed,
+    SubscriptionState,
+    TradesMissing,
+    UnsupportedFrame,
+)
 
 # §6.6: codes after which the subscription no longer exists (10 and 25 terminal; 17 listed
 # terminal in the 2026-08 spec, §12 #9).
 TERMINAL_ERROR_CODES = frozenset({10, 17, 25})
+TOO_MANY_REQUESTS = 27
 _EXCERPT_CHARS = 200
+_NS_PER_S = 1_000_000_000
 
 
-class SubscriptionState(enum.Enum):
-    REQUESTED = "requested"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    ENDED = "ended"
+class RecentIds:
+    """A bounded set of recently seen ids (trade ids), oldest forgotten first."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Remember `key`; False if it was already known."""
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
 
 
 @dataclass
-class Subscription:
-    """One channel subscription on this connection; `sid` is known once acknowledged."""
+class _TradeResume:
+    """A trade subscription is (re)starting: trades since `since_ts_ns` must be backfilled."""
 
-    channel: Channel
-    command_id: int
-    markets: tuple[str, ...]
-    state: SubscriptionState = SubscriptionState.REQUESTED
-    sid: int | None = None
-
-
-@dataclass(frozen=True)
-class SubscriptionConfirmed:
-    """The exchange acknowledged a subscription (§6.1)."""
-
-    channel: Channel
-    sid: int
-    status: Status
-
-
-@dataclass(frozen=True)
-class ExchangeError:
-    """An `error` frame (§6.5). `terminal` when the subscription it names is gone (§6.6)."""
-
-    code: int
-    message: str
-    command_id: int | None
-    sid: int | None
-    channel: Channel | None
-    terminal: bool
-    status: Status
-
-
-@dataclass(frozen=True)
-class SequenceGap:
-    """Frames were lost on a sid (§4.3): `expected_seq` came as `received_seq`."""
-
-    sid: int
-    channel: Channel | None
-    expected_seq: int
-    received_seq: int
-    markets: tuple[str, ...]
-    status: Status
-
-
-@dataclass(frozen=True)
-class DuplicateFrame:
-    """A frame whose seq was already seen on its sid; it was dropped."""
-
-    sid: int
-    seq: int
-    last_seq: int
-
-
-@dataclass(frozen=True)
-class UnsupportedFrame:
-    """A frame of a `type` ssmd does not handle; counted, never fatal."""
-
-    type_name: str
-    first_of_type: bool
-
-
-@dataclass(frozen=True)
-class MalformedFrame:
-    """A frame that could not be decoded or normalized; counted, the stream goes on."""
-
+    since_ts_ns: int | None
     reason: str
-    detail: str
-    type_name: str | None
-    excerpt: str
-
-
-SessionEvent = (
-    SubscriptionConfirmed
-    | ExchangeError
-    | SequenceGap
-    | DuplicateFrame
-    | UnsupportedFrame
-    | MalformedFrame
-)
-
-
-@dataclass
-class SessionStats:
-    frames_received: int = 0
-    records_out: int = 0
-    gaps: int = 0
-    duplicates: int = 0
-    unsupported_by_type: Counter[str] = field(default_factory=Counter)
-    malformed_by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class KalshiSession:
-    """Protocol state of one connection: subscriptions, sids and per-sid sequence numbers.
+    """Protocol state of one connection: subscriptions, sids, sequence numbers and books.
 
-    Call `commands_to_send()` after construction and after anything that changes subscriptions,
-    `receive_frame()` for every text frame, and `events_to_handle()` when `has_events` is true.
+    Call `commands_to_send()` after construction and whenever `has_commands`,
+    `receive_frame()` for every text frame, and `events_to_handle()` when `has_events`.
+    `trades_since_ts_ns` (a reconnect) asks for a REST backfill of trades from that time
+    once the trade subscription is confirmed; `recent_trades` carries trade ids across
+    connections so a trade is published once.
     """
 
     def __init__(
@@ -149,30 +99,56 @@ class KalshiSession:
         channels: Iterable[Channel],
         markets: Iterable[str],
         use_yes_price: bool,
+        repair_timeout_s: float = 10.0,
+        trades_since_ts_ns: int | None = None,
+        recent_trades: RecentIds | None = None,
     ) -> None:
         self.connection_id = connection_id
         self.use_yes_price = use_yes_price
         self.stats = SessionStats()
+        self.books = BookSet()
+        self.recent_trades = recent_trades if recent_trades is not None else RecentIds()
+        self.last_trade_ts_ns: int | None = trades_since_ts_ns
         self._decoder = FrameDecoder()
         self._markets = tuple(markets)
         self._next_command_id = 1
         self._commands: list[bytes] = []
         self._events: list[SessionEvent] = []
-        self._by_command: dict[int, list[Subscription]] = {}
+        self._by_command: dict[int, Subscription] = {}
         self._by_sid: dict[int, Subscription] = {}
+        self.subscriptions: dict[Channel, Subscription] = {}
         # §4.2.1: seq is per sid, shared by every market on that sid. 0 = fresh sid.
         self._last_seq: dict[int, int] = {}
         # sids whose NO-side levels are quoted in YES-leg price (§7.1.4).
         self._yes_price_sids: set[int] = set()
-        self.subscriptions: list[Subscription] = []
+        self._repairs = BookRepairs(self, timeout_ns=int(repair_timeout_s * _NS_PER_S))
+        self._trade_resume: _TradeResume | None = None
+        if trades_since_ts_ns is not None:
+            self._trade_resume = _TradeResume(trades_since_ts_ns, "reconnected")
         for channel in channels:
-            self._subscribe(channel)
+            self.subscribe(channel)
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _subscribe(self, channel: Channel) -> None:
+    # -- the RepairHost side: what BookRepairs may do through this session ------------------
+
+    def next_command_id(self) -> int:
         command_id = self._next_command_id
         self._next_command_id += 1
+        return command_id
+
+    def send(self, command: bytes) -> None:
+        self._commands.append(command)
+
+    def emit(self, event: SessionEvent) -> None:
+        self._events.append(event)
+
+    def subscription_for_sid(self, sid: int) -> Subscription | None:
+        return self._by_sid.get(sid)
+
+    def subscribe(self, channel: Channel) -> Subscription:
+        """Send a subscribe for `channel` with this session's markets (a new sid follows)."""
+        command_id = self.next_command_id()
         # §7.0: lifecycle takes no market filter; ticker/trade without markets mean "all".
         markets = () if channel is Channel.MARKET_LIFECYCLE_V2 else self._markets
         params = SubscribeParams(
@@ -182,9 +158,10 @@ class KalshiSession:
             use_yes_price=self.use_yes_price if channel is Channel.ORDERBOOK_DELTA else None,
         )
         subscription = Subscription(channel=channel, command_id=command_id, markets=markets)
-        self.subscriptions.append(subscription)
-        self._by_command[command_id] = [subscription]
+        self.subscriptions[channel] = subscription
+        self._by_command[command_id] = subscription
         self._commands.append(encode_command(Subscribe(id=command_id, params=params)))
+        return subscription
 
     def commands_to_send(self) -> list[bytes]:
         """Encoded commands the driver must send now, in order."""
@@ -205,18 +182,37 @@ class KalshiSession:
 
     @property
     def all_subscribed(self) -> bool:
-        return all(s.state is SubscriptionState.ACTIVE for s in self.subscriptions)
+        return all(s.state is SubscriptionState.ACTIVE for s in self.subscriptions.values())
+
+    @property
+    def repairing(self) -> bool:
+        return self._repairs.active
 
     def status_record(
-        self, event: StatusEvent, ts_ns: int, *, reason: str = "", channel: Channel | None = None
+        self,
+        event: StatusEvent,
+        ts_ns: int,
+        *,
+        reason: str = "",
+        channel: Channel | None = None,
+        sid: int | None = None,
+        seq: int | None = None,
+        markets: tuple[str, ...] = (),
+        expected_seq: int | None = None,
+        received_seq: int | None = None,
     ) -> Status:
         """A connector-level status record for this connection."""
         return Status(
             market="",
             receive_ts_ns=ts_ns,
+            sid=sid,
+            seq=seq,
             event=event,
             connection_id=self.connection_id,
             channel=channel.value if channel else None,
+            expected_seq=expected_seq,
+            received_seq=received_seq,
+            markets=markets,
             reason=reason,
         )
 
@@ -225,6 +221,9 @@ class KalshiSession:
     def receive_frame(self, data: bytes | str, receive_ts_ns: int) -> Record | None:
         """Process one text frame; return its normalized record, if it is a data frame."""
         self.stats.frames_received += 1
+        deadline_ns = self._repairs.next_deadline_ns
+        if deadline_ns is not None and receive_ts_ns > deadline_ns:
+            self._repairs.escalate_overdue(receive_ts_ns)
         try:
             frame = self._decoder.decode(data)
         except FrameDecodeError as exc:
@@ -237,16 +236,23 @@ class KalshiSession:
         if isinstance(frame, Subscribed | Ok | Unsubscribed | ErrorFrame):
             self._receive_control(frame, receive_ts_ns)
             return None
+        is_book = isinstance(frame, OrderbookSnapshot | OrderbookDelta)
         try:
             record = normalize(
-                frame,
-                receive_ts_ns,
-                no_side_in_yes_price=sid in self._yes_price_sids
-                and isinstance(frame, OrderbookSnapshot | OrderbookDelta),
+                frame, receive_ts_ns, no_side_in_yes_price=is_book and sid in self._yes_price_sids
             )
         except FrameDecodeError as exc:
             self._reject(exc, data)
             return None
+        if isinstance(record, BookDelta | BookSnapshot):
+            result = self.books.apply(record)
+            record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
+        elif isinstance(record, Trade):
+            if not self.recent_trades.add(record.trade_id):
+                self.stats.duplicates += 1
+                return None
+            if record.exchange_ts_ns is not None:
+                self.last_trade_ts_ns = record.exchange_ts_ns
         self.stats.records_out += 1
         return record
 
@@ -265,18 +271,17 @@ class KalshiSession:
         subscription = self._by_sid.get(sid)
         channel = subscription.channel if subscription else None
         markets = subscription.markets if subscription else ()
-        status = Status(
-            market="",
-            receive_ts_ns=receive_ts_ns,
+        reason = f"{seq - last - 1} frame(s) missing on sid {sid}"
+        status = self.status_record(
+            StatusEvent.GAP,
+            receive_ts_ns,
+            reason=reason,
+            channel=channel,
             sid=sid,
             seq=seq,
-            event=StatusEvent.GAP,
-            connection_id=self.connection_id,
-            channel=channel.value if channel else None,
+            markets=markets,
             expected_seq=last + 1,
             received_seq=seq,
-            markets=markets,
-            reason=f"{seq - last - 1} frame(s) missing on sid {sid}",
         )
         self._events.append(
             SequenceGap(
@@ -288,7 +293,23 @@ class KalshiSession:
                 status=status,
             )
         )
+        if channel is Channel.ORDERBOOK_DELTA:
+            # §4.3: a gap invalidates every book on the sid: the lost frame could be any market's.
+            self._repairs.start(sid, markets, RepairMethod.GET_SNAPSHOT, reason, receive_ts_ns)
+        elif channel is Channel.TRADE:
+            self._events.append(
+                TradesMissing(
+                    markets=markets,
+                    since_ts_ns=self.last_trade_ts_ns,
+                    until_ts_ns=receive_ts_ns,
+                    reason=reason,
+                )
+            )
         return True
+
+    # -- books and their repair ---------------------------------------------------------------
+
+    # -- control frames -----------------------------------------------------------------------
 
     def _receive_control(
         self, frame: Subscribed | Ok | Unsubscribed | ErrorFrame, receive_ts_ns: int
@@ -298,23 +319,23 @@ class KalshiSession:
         elif isinstance(frame, ErrorFrame):
             self._receive_error(frame, receive_ts_ns)
         elif isinstance(frame, Unsubscribed) and frame.sid is not None:
-            ended = self._by_sid.pop(frame.sid, None)
-            if ended is not None:
-                ended.state = SubscriptionState.ENDED
-            self._last_seq.pop(frame.sid, None)
-            self._yes_price_sids.discard(frame.sid)
+            self._end_sid(frame.sid)
         # `ok` (§6.3) only consumed its seq, which _accept_seq already did.
+
+    def _end_sid(self, sid: int) -> None:
+        ended = self._by_sid.pop(sid, None)
+        if ended is not None:
+            ended.state = SubscriptionState.ENDED
+        self._last_seq.pop(sid, None)
+        self._yes_price_sids.discard(sid)
+        self._repairs.on_unsubscribed(sid)
 
     def _receive_subscribed(self, frame: Subscribed, receive_ts_ns: int) -> None:
         if frame.msg is None:
             return
         sid = frame.msg.sid
-        channel_name = frame.msg.channel
-        pending = self._by_command.get(frame.id or 0, [])
-        subscription = next(
-            (s for s in pending if s.channel.value == channel_name and s.sid is None), None
-        )
-        if subscription is None:
+        subscription = self._by_command.get(frame.id or 0)
+        if subscription is None or subscription.channel.value != frame.msg.channel:
             return
         subscription.sid = sid
         subscription.state = SubscriptionState.ACTIVE
@@ -323,18 +344,27 @@ class KalshiSession:
         self._last_seq[sid] = 0
         if subscription.channel is Channel.ORDERBOOK_DELTA and self.use_yes_price:
             self._yes_price_sids.add(sid)
-        status = Status(
-            market="",
-            receive_ts_ns=receive_ts_ns,
+        self._repairs.on_subscribed(subscription.command_id, sid)
+        status = self.status_record(
+            StatusEvent.SUBSCRIBED,
+            receive_ts_ns,
+            channel=subscription.channel,
             sid=sid,
-            event=StatusEvent.SUBSCRIBED,
-            connection_id=self.connection_id,
-            channel=channel_name,
             markets=subscription.markets,
         )
         self._events.append(
             SubscriptionConfirmed(channel=subscription.channel, sid=sid, status=status)
         )
+        if subscription.channel is Channel.TRADE and self._trade_resume is not None:
+            resume, self._trade_resume = self._trade_resume, None
+            self._events.append(
+                TradesMissing(
+                    markets=subscription.markets,
+                    since_ts_ns=resume.since_ts_ns,
+                    until_ts_ns=receive_ts_ns,
+                    reason=resume.reason,
+                )
+            )
 
     def _receive_error(self, frame: ErrorFrame, receive_ts_ns: int) -> None:
         code = frame.msg.code if frame.msg else 0
@@ -343,24 +373,18 @@ class KalshiSession:
         if frame.sid is not None:
             subscription = self._by_sid.get(frame.sid)
         elif frame.id is not None:
-            pending = self._by_command.get(frame.id, [])
-            subscription = next((s for s in pending if s.sid is None), None)
-            if subscription is not None:
+            subscription = self._by_command.get(frame.id)
+            if subscription is not None and subscription.sid is None:
                 subscription.state = SubscriptionState.REJECTED
         terminal = code in TERMINAL_ERROR_CODES
-        if terminal and subscription is not None and subscription.sid is not None:
-            subscription.state = SubscriptionState.ENDED
-            self._by_sid.pop(subscription.sid, None)
         channel = subscription.channel if subscription else None
-        status = Status(
-            market="",
-            receive_ts_ns=receive_ts_ns,
+        status = self.status_record(
+            StatusEvent.EXCHANGE_ERROR,
+            receive_ts_ns,
+            reason=f"code {code}: {message}",
+            channel=channel,
             sid=frame.sid,
             seq=frame.seq,
-            event=StatusEvent.EXCHANGE_ERROR,
-            connection_id=self.connection_id,
-            channel=channel.value if channel else None,
-            reason=f"code {code}: {message}",
         )
         self._events.append(
             ExchangeError(
@@ -373,6 +397,24 @@ class KalshiSession:
                 status=status,
             )
         )
+        if code == TOO_MANY_REQUESTS:
+            self._events.append(SlowDown(code=code))
+        # An error naming one of our repair commands (e.g. 13 on a non-orderbook sid) escalates.
+        if frame.id is not None and self._repairs.on_refused(frame.id, code, receive_ts_ns):
+            return
+        if terminal and subscription is not None and frame.sid is not None:
+            self._recreate(subscription, frame.sid, code, receive_ts_ns)
+
+    def _recreate(self, subscription: Subscription, sid: int, code: int, ts_ns: int) -> None:
+        """§6.6: after error 10/25 the subscription is gone: subscribe again (a new sid)."""
+        self._end_sid(sid)
+        reason = f"subscription ended by error {code}"
+        if subscription.channel is Channel.ORDERBOOK_DELTA:
+            self._repairs.recreate(subscription.markets, sid, reason, ts_ns)
+            return
+        if subscription.channel is Channel.TRADE:
+            self._trade_resume = _TradeResume(self.last_trade_ts_ns, reason)
+        self.subscribe(subscription.channel)
 
     def _reject(self, exc: FrameDecodeError, data: bytes | str) -> None:
         if exc.reason == UNSUPPORTED_TYPE and exc.type_name is not None:

@@ -9,11 +9,13 @@ import msgspec
 
 from ssmd.messages import Channel
 from ssmd.records import BookDelta, BookSnapshot, Level, Side, StatusEvent, Ticker, Trade
-from ssmd.session import (
+from ssmd.session import KalshiSession
+from ssmd.session_events import (
     DuplicateFrame,
     ExchangeError,
-    KalshiSession,
     MalformedFrame,
+    RepairMethod,
+    RepairStarted,
     SequenceGap,
     SubscriptionConfirmed,
     SubscriptionState,
@@ -131,7 +133,7 @@ def test_subscribed_acks_activate_subscriptions_and_emit_status() -> None:
     assert event.status.markets == MARKETS
     assert event.status.connection_id == "test/1"
     assert event.status.receive_ts_ns == 99
-    assert session.subscriptions[0].state is SubscriptionState.ACTIVE
+    assert session.subscriptions[Channel.ORDERBOOK_DELTA].state is SubscriptionState.ACTIVE
     assert not session.all_subscribed
 
 
@@ -164,17 +166,28 @@ def test_gap_on_orderbook_sid_is_an_event_with_a_status_record() -> None:
     session.receive_frame(snapshot(1), 10)
     record = session.receive_frame(delta(4), 20)
     assert isinstance(record, BookDelta)
-    (event,) = session.events_to_handle()
-    assert isinstance(event, SequenceGap)
-    assert (event.sid, event.expected_seq, event.received_seq) == (1, 2, 4)
-    assert event.channel is Channel.ORDERBOOK_DELTA
-    assert event.markets == MARKETS
-    assert event.status.event is StatusEvent.GAP
-    assert (event.status.expected_seq, event.status.received_seq) == (2, 4)
+    gap, repair = session.events_to_handle()
+    assert isinstance(gap, SequenceGap)
+    assert (gap.sid, gap.expected_seq, gap.received_seq) == (1, 2, 4)
+    assert gap.channel is Channel.ORDERBOOK_DELTA
+    assert gap.markets == MARKETS
+    assert gap.status.event is StatusEvent.GAP
+    assert (gap.status.expected_seq, gap.status.received_seq) == (2, 4)
     assert session.stats.gaps == 1
+    # §4.3: the gap invalidates every book on the sid and asks for their snapshots.
+    assert isinstance(repair, RepairStarted)
+    assert (repair.sid, repair.markets, repair.method) == (1, MARKETS, RepairMethod.GET_SNAPSHOT)
+    assert [json.loads(c) for c in session.commands_to_send()] == [
+        {
+            "id": 5,
+            "cmd": "update_subscription",
+            "params": {"sids": [1], "market_tickers": list(MARKETS), "action": "get_snapshot"},
+        }
+    ]
+    assert session.books.markets_needing_snapshot() == set(MARKETS)
     # The counter continues from the frame that arrived.
     assert session.receive_frame(delta(5), 21) is not None
-    assert not session.has_events
+    assert session.stats.gaps == 1
 
 
 def test_duplicate_seq_is_dropped() -> None:
@@ -223,9 +236,13 @@ def test_rejected_subscribe_and_terminal_error() -> None:
     assert isinstance(last, ExchangeError)
     assert (first.code, first.channel, first.terminal) == (8, Channel.TICKER, False)
     assert (last.code, last.channel, last.terminal) == (25, Channel.TRADE, True)
-    assert [s.state for s in session.subscriptions] == [
+    # §6.6: 25 is terminal: the trade subscription is gone and is created again.
+    assert [s.state for s in session.subscriptions.values()] == [
         SubscriptionState.REJECTED,
-        SubscriptionState.ENDED,
+        SubscriptionState.REQUESTED,
+    ]
+    assert [json.loads(c) for c in session.commands_to_send()] == [
+        {"id": 3, "cmd": "subscribe", "params": {"channels": ["trade"]}}
     ]
 
 

@@ -1,0 +1,183 @@
+"""What a KalshiSession tells its driver: events, each with the status record downstream
+subscribers must see (if any); the counters the session keeps; its subscription records."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ssmd.messages import Channel
+from ssmd.records import Status
+
+
+class RepairMethod(enum.Enum):
+    """How a broken book sid is repaired, in escalation order (PROTOCOL.md §4.3)."""
+
+    GET_SNAPSHOT = "get_snapshot"
+    RESUBSCRIBE = "resubscribe"
+    RECONNECT = "reconnect"
+
+
+class SubscriptionState(enum.Enum):
+    REQUESTED = "requested"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    ENDED = "ended"
+
+
+@dataclass
+class Subscription:
+    """One channel subscription on this connection; `sid` is known once acknowledged."""
+
+    channel: Channel
+    command_id: int
+    markets: tuple[str, ...]
+    state: SubscriptionState = SubscriptionState.REQUESTED
+    sid: int | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionConfirmed:
+    """The exchange acknowledged a subscription (§6.1)."""
+
+    channel: Channel
+    sid: int
+    status: Status
+
+
+@dataclass(frozen=True)
+class ExchangeError:
+    """An `error` frame (§6.5). `terminal` when the subscription it names is gone (§6.6)."""
+
+    code: int
+    message: str
+    command_id: int | None
+    sid: int | None
+    channel: Channel | None
+    terminal: bool
+    status: Status
+
+
+@dataclass(frozen=True)
+class SequenceGap:
+    """Frames were lost on a sid (§4.3): `expected_seq` came as `received_seq`."""
+
+    sid: int
+    channel: Channel | None
+    expected_seq: int
+    received_seq: int
+    markets: tuple[str, ...]
+    status: Status
+
+
+@dataclass(frozen=True)
+class BookInvalid:
+    """A market's book cannot be trusted without a seq gap: a delta drove a level negative or
+    arrived before any snapshot (§4.3). Downstream sees it as a `gap` status record."""
+
+    sid: int
+    market: str
+    reason: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class RepairStarted:
+    """Books on `sid` are being rebuilt for `markets` with `method` (after a gap, an
+    impossible delta, a terminal error, or a failed earlier method)."""
+
+    sid: int
+    markets: tuple[str, ...]
+    method: RepairMethod
+    reason: str
+
+
+@dataclass(frozen=True)
+class Resynced:
+    """Every market of a repair has a fresh snapshot: downstream books are whole again."""
+
+    sid: int
+    markets: tuple[str, ...]
+    snapshot_seq: int | None
+    status: Status
+
+
+@dataclass(frozen=True)
+class ReconnectRequired:
+    """The session cannot repair itself on this connection: the driver must reconnect."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class TradesMissing:
+    """Trades between these exchange times may have been lost (a gap or a dead trade
+    subscription); the WebSocket cannot replay them, REST can (§9.5)."""
+
+    markets: tuple[str, ...]
+    since_ts_ns: int | None
+    until_ts_ns: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SlowDown:
+    """The exchange said too many requests (error 27): space out commands."""
+
+    code: int
+
+
+@dataclass(frozen=True)
+class DuplicateFrame:
+    """A frame whose seq was already seen on its sid; it was dropped."""
+
+    sid: int
+    seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class UnsupportedFrame:
+    """A frame of a `type` ssmd does not handle; counted, never fatal."""
+
+    type_name: str
+    first_of_type: bool
+
+
+@dataclass(frozen=True)
+class MalformedFrame:
+    """A frame that could not be decoded or normalized; counted, the stream goes on."""
+
+    reason: str
+    detail: str
+    type_name: str | None
+    excerpt: str
+
+
+SessionEvent = (
+    SubscriptionConfirmed
+    | ExchangeError
+    | SequenceGap
+    | BookInvalid
+    | RepairStarted
+    | Resynced
+    | ReconnectRequired
+    | TradesMissing
+    | SlowDown
+    | DuplicateFrame
+    | UnsupportedFrame
+    | MalformedFrame
+)
+
+
+@dataclass
+class SessionStats:
+    frames_received: int = 0
+    records_out: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    repairs: int = 0
+    resyncs: int = 0
+    unsupported_by_type: Counter[str] = field(default_factory=Counter)
+    malformed_by_reason: Counter[str] = field(default_factory=Counter)
