@@ -16,7 +16,7 @@ from ssmd.exchange.market import (
     TickerChange,
     Trade,
 )
-from ssmd.exchange.protocol import ExchangeConnection, Fault
+from ssmd.exchange.protocol import ErrorCode, ExchangeConnection
 from ssmd.fixedpoint import ONE_DOLLAR_E4, format_price, parse_price, parse_size
 
 NOW_NS = 1_787_000_000_123_456_789
@@ -552,20 +552,50 @@ def test_unsubscribe_mixes_known_and_unknown_sids(conn: ExchangeConnection) -> N
     assert conn.subscriptions == []
 
 
-# -- fault hooks -------------------------------------------------------------------------------
+# -- exchange-initiated frames (faults) ---------------------------------------------------------
 
 
-def test_faults_apply_once(generator: MarketGenerator) -> None:
+def test_terminal_error_consumes_a_seq_and_drops_the_subscription(
+    generator: MarketGenerator, conn: ExchangeConnection
+) -> None:
+    markets = generator.tickers[:2]
+    subscribe(conn, 1, ["orderbook_delta", "trade"], market_tickers=markets)  # sid 1: seq 1, 2
+    frames = [json.loads(f) for f in conn.terminate_subscription(1, ErrorCode.BUFFER_OVERFLOW)]
+    overflow = {"code": 25, "msg": "Subscription buffer overflow"}
+    assert frames == [{"type": "error", "sid": 1, "seq": 3, "msg": overflow}]
+    assert [sub.sid for sub in conn.subscriptions] == [2]
+    assert conn.subscription(1) is None
+    assert conn.terminate_subscription(1, ErrorCode.CHANNEL_ERROR) == []  # already gone
+    # None = the lowest active sid; a trade sid has not consumed a seq yet.
+    (raw,) = conn.terminate_subscription(None, ErrorCode.CHANNEL_ERROR)
+    assert json.loads(raw) == {
+        "type": "error", "sid": 2, "seq": 1, "msg": {"code": 10, "msg": "Channel error"}
+    }  # fmt: skip
+    assert conn.subscriptions == []
+    # The channel is free again: a new subscribe gets a new sid from the counter (§4.2.6).
+    assert subscribe(conn, 2, ["trade"]) == [
+        {"type": "subscribed", "id": 2, "msg": {"channel": "trade", "sid": 3}}
+    ]
+
+
+def test_unsolicited_snapshot_is_the_current_book_with_the_next_seq() -> None:
     busy = MarketGenerator(3, seed=5, mix=EventMix(1, 0, 0, 0))
     conn = new_connection(busy)
-    subscribe(conn, 1, ["orderbook_delta"], market_tickers=busy.tickers)
-    conn.inject_fault(Fault.SKIP_SEQ)
-    (data,) = drive(busy, [conn], 3)
-    assert seqs(data, 1) == [5, 6, 7]  # 4 was skipped
-    conn.inject_fault(Fault.DUPLICATE_FRAME)
-    conn.inject_fault(Fault.MALFORMED_FRAME)
-    raw = conn.frames_for_event(busy.next_event(NOW_NS), NOW_NS)
-    assert len(raw) == 2
-    assert raw[0] + b"}" == raw[1]
-    assert json.loads(raw[1])["seq"] == 8
-    assert conn.frames_for_event(busy.next_event(NOW_NS), NOW_NS)[0].endswith(b"}}")
+    assert conn.unsolicited_snapshot(None) == []  # no orderbook sid
+    markets = busy.tickers[1:]
+    subscribe(conn, 1, ["orderbook_delta"], market_tickers=markets)  # seq 1, 2
+    (data,) = drive(busy, [conn], 40)
+    last_seq = seqs(data, 1)[-1]
+    first, second = (
+        json.loads(f)
+        for f in conn.unsolicited_snapshot(None) + conn.unsolicited_snapshot(markets[1])
+    )
+    assert (first["seq"], second["seq"]) == (last_seq + 1, last_seq + 2)
+    for frame, ticker in ((first, markets[0]), (second, markets[1])):
+        assert frame["type"] == "orderbook_snapshot"
+        assert "id" not in frame
+        assert frame["msg"]["market_ticker"] == ticker
+        market = busy.markets[ticker]
+        assert levels(frame["msg"].get("yes_dollars_fp", [])) == market.yes_bids
+        assert levels(frame["msg"].get("no_dollars_fp", [])) == market.no_bids
+    assert conn.unsolicited_snapshot(busy.tickers[0]) == []  # not covered by the sid

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.frames import Frame, Opcode
 
 from ssmd.auth import WS_PATH, signed_headers
-from ssmd.exchange.protocol import Fault
+from ssmd.exchange.faults import SkipSeq
 from ssmd.exchange.server import ExchangeSimulator
 
 KEY_ID = "a952bcbe-ec3b-4b5b-b8f9-11dae589608c"
@@ -157,7 +157,7 @@ async def test_sent_equals_what_the_client_received(
     received.extend(await rest)
     assert ws.close_code == 1000
     assert sim.connections == 0
-    assert not sim.inject_fault(1, Fault.SKIP_SEQ)  # no longer open
+    assert not await sim.inject_fault(SkipSeq(), connection_id=1)  # no longer open
     sent = [f.data for f in sim.sent]
     assert {f.connection_id for f in sim.sent} == {1}
     assert sent == received
@@ -321,7 +321,7 @@ async def test_injected_fault_reaches_the_wire(
     async with connect(sim.url, additional_headers=headers(rsa_key)) as ws:
         await subscribe_all(ws, sim.markets)
         assert (await receive(ws))["type"] == "subscribed"
-        assert sim.inject_fault(1, Fault.SKIP_SEQ)
+        assert await sim.inject_fault(SkipSeq(), connection_id=1)
         for _ in range(300):
             frame = await receive(ws)
             if "seq" not in frame:

@@ -1,7 +1,8 @@
 """`ssmd exchange`: run the local Kalshi exchange simulator until SIGINT/SIGTERM.
 
 Registers RSA public keys (`--public-key KEY_ID=PEM_PATH`) or writes a fresh demo key pair
-(`--generate-key DIR`), then serves PROTOCOL.md §10 on ws://HOST:PORT/trade-api/ws/v2.
+(`--generate-key DIR`), then serves PROTOCOL.md §10 on ws://HOST:PORT/trade-api/ws/v2, with
+optional seeded random faults (`--faults random:rate=0.5,seed=7`, `--fault-kinds`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ssmd.auth import generate_private_key, load_public_key_pem
 from ssmd.errors import ConfigError, SsmdError
+from ssmd.exchange.outbound import BackpressurePolicy
+from ssmd.exchange.schedule import (
+    ALL_KINDS,
+    FaultKind,
+    RandomFaults,
+    parse_fault_kinds,
+    parse_fault_spec,
+)
 from ssmd.exchange.server import ExchangeSimulator
 
 log = structlog.get_logger("ssmd.exchange")
@@ -64,7 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
         f" ({DEMO_KEY_ID_FILENAME}) into DIR and accept it",
     )
     parser.add_argument("--log", type=Path, metavar="PATH", help="append every sent frame here")
+    faults = parser.add_argument_group("misbehaviour (PROTOCOL.md §3, §4.3, §6.6)")
+    faults.add_argument(
+        "--faults",
+        default="none",
+        metavar="SPEC",
+        help="'none' (default) or random:rate=FAULTS_PER_S[,seed=N]: inject faults on every"
+        " connection at random (exponential gaps), reproducibly for a given seed",
+    )
+    faults.add_argument(
+        "--fault-kinds",
+        metavar="KIND,...",
+        help="draw only these kinds: " + ", ".join(kind.value for kind in FaultKind),
+    )
+    faults.add_argument(
+        "--backpressure",
+        choices=[policy.value for policy in BackpressurePolicy],
+        default=BackpressurePolicy.BLOCK.value,
+        help="a slow client: 'block' producing (default) or 'overflow' like Kalshi: error 25"
+        " and the subscription dropped",
+    )
+    faults.add_argument(
+        "--outbox-frames",
+        type=int,
+        default=10_000,
+        help="frames queued per connection before backpressure applies (default 10000)",
+    )
+    faults.add_argument(
+        "--overflow-after",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --backpressure overflow: how long an outbox may stay full (default 1)",
+    )
     return parser
+
+
+def parse_random_faults(spec: str, kinds: str | None) -> RandomFaults | None:
+    """`--faults` and `--fault-kinds` to a schedule spec (None: no faults)."""
+    return parse_fault_spec(spec, ALL_KINDS if kinds is None else parse_fault_kinds(kinds))
 
 
 def parse_public_key_arg(text: str) -> tuple[str, RSAPublicKey]:
@@ -139,6 +186,10 @@ def exchange_main(argv: list[str] | None = None) -> int:
             ping_interval_s=args.ping_interval,
             log_path=args.log,
             keep_sent=False,  # runs until a signal: do not grow `sent`
+            outbox_frames=args.outbox_frames,
+            backpressure=BackpressurePolicy(args.backpressure),
+            overflow_after_s=args.overflow_after,
+            random_faults=parse_random_faults(args.faults, args.fault_kinds),
         )
         asyncio.run(_serve(simulator, demo))
     except SsmdError as exc:
@@ -162,7 +213,8 @@ async def _serve(simulator: ExchangeSimulator, demo: tuple[str, Path] | None) ->
                 f"Demo key registered. Point a client at this exchange with:\n"
                 f"  export KALSHI_API_KEY_ID={key_id}\n"
                 f'  export KALSHI_PRIVATE_KEY="$(cat {pem_path})"\n'
-                f"  ws url: {simulator.url}",
+                f"  ws url: {simulator.url}\n"
+                f"  rest:   {simulator.rest_url}/markets/trades",
                 flush=True,
             )
         await stop.wait()

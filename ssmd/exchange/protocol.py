@@ -66,14 +66,6 @@ class ErrorCode(enum.Enum):
         return {"code": code, "msg": text}
 
 
-class Fault(enum.Enum):
-    """Deliberate misbehaviour, applied once to the next frame it fits (see `inject_fault`)."""
-
-    SKIP_SEQ = "skip_seq"  # the next sequenced frame jumps one seq number (a gap, §4.3)
-    DUPLICATE_FRAME = "duplicate_frame"  # the next data frame is sent twice
-    MALFORMED_FRAME = "malformed_frame"  # the next data frame loses its last byte
-
-
 @dataclass
 class Subscription:
     """One sid: a channel, its markets (None = every market) and its running seq (§4.1)."""
@@ -120,15 +112,13 @@ class ExchangeConnection:
         self._next_sid = 1
         self._by_sid: dict[int, Subscription] = {}
         self._by_channel: dict[ExchangeChannel, Subscription] = {}
-        self._faults: list[Fault] = []
 
     @property
     def subscriptions(self) -> list[Subscription]:
         return list(self._by_sid.values())  # sids only grow, so this is sid order
 
-    def inject_fault(self, fault: Fault) -> None:
-        """Queue one fault; it applies to the next frame it fits, then is gone."""
-        self._faults.append(fault)
+    def subscription(self, sid: int) -> Subscription | None:
+        return self._by_sid.get(sid)
 
     # -- commands (§5) ------------------------------------------------------------------------
 
@@ -298,7 +288,7 @@ class ExchangeConnection:
         frames: list[bytes] = []
         for sub in self.subscriptions:
             frames.extend(self._frames_for_sub(sub, event, now_ns))
-        return self._apply_frame_faults(frames)
+        return frames
 
     def _frames_for_sub(self, sub: Subscription, event: MarketEvent, now_ns: int) -> list[bytes]:
         channel = sub.channel
@@ -318,6 +308,29 @@ class ExchangeConnection:
         if channel is ExchangeChannel.MARKET_LIFECYCLE_V2:
             return [self._lifecycle(sub, event)]
         return []
+
+    # -- exchange-initiated frames (faults, overflow) -------------------------------------------
+
+    def terminate_subscription(self, sid: int | None, code: ErrorCode) -> list[bytes]:
+        """A terminal sid-scoped error (10/25, §3, §6.6) on `sid` (None: the lowest active sid),
+        consuming its next seq; the subscription is gone. [] when there is no such sid."""
+        sub = self._by_sid.get(sid) if sid is not None else next(iter(self._by_sid.values()), None)
+        if sub is None:
+            return []
+        frame = self._sid_error(sub, code)
+        del self._by_sid[sub.sid]
+        del self._by_channel[sub.channel]
+        return [frame]
+
+    def unsolicited_snapshot(self, market: str | None) -> list[bytes]:
+        """An `orderbook_snapshot` of `market`'s current book (None: the sid's first market) on
+        the orderbook sid, next seq, no `id` (§4.2.8). [] when no orderbook sid covers it."""
+        sub = self._by_channel.get(ExchangeChannel.ORDERBOOK_DELTA)
+        if sub is not None and market is None:
+            market = next(iter(self._covered(sub)), None)
+        if sub is None or market is None or not sub.covers(market):
+            return []
+        return [self._snapshot(sub, market, None)]
 
     # -- frame builders ------------------------------------------------------------------------
 
@@ -456,22 +469,9 @@ class ExchangeConnection:
 
     def _take_seq(self, sub: Subscription) -> int:
         """§4.2.1: one counter per sid, shared by every market and by sid-scoped acks."""
-        seq = sub.next_seq + self._consume_fault(Fault.SKIP_SEQ)
+        seq = sub.next_seq
         sub.next_seq = seq + 1
         return seq
-
-    def _apply_frame_faults(self, frames: list[bytes]) -> list[bytes]:
-        if frames and self._consume_fault(Fault.DUPLICATE_FRAME):
-            frames = [frames[0], *frames]
-        if frames and self._consume_fault(Fault.MALFORMED_FRAME):
-            frames = [frames[0][:-1], *frames[1:]]
-        return frames
-
-    def _consume_fault(self, fault: Fault) -> bool:
-        if fault in self._faults:
-            self._faults.remove(fault)
-            return True
-        return False
 
     @staticmethod
     def _quoted_price(sub: Subscription, side: Side, price_e4: int) -> int:

@@ -1,7 +1,8 @@
 """Thin asyncio driver of the local Kalshi exchange (PROTOCOL.md §10) on `websockets`.
 
-It authenticates the upgrade (§2), pings every `ping_interval_s` (§3), runs one market
-generator task and fans its frames out through a bounded queue and a sender task per connection.
+It authenticates the upgrade (§2), serves the REST trade history (§9.5) from the same port, runs
+one market generator task fanning frames out to every connection (outbound.ClientLink), and
+injects faults (faults.py) on demand or from a seeded random schedule (schedule.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import http
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -19,42 +19,55 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConcurrencyError, ConnectionClosed
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ssmd.auth import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, WS_PATH, verify
 from ssmd.errors import ConfigError
-from ssmd.exchange.market import MarketEvent, MarketGenerator
-from ssmd.exchange.protocol import ExchangeConnection, Fault
+from ssmd.exchange.faults import (
+    AbortConnection,
+    Burst,
+    CloseConnection,
+    ConnectionFault,
+    DuplicateFrame,
+    Fault,
+    FaultRecord,
+    MalformedFrame,
+    RejectHandshakes,
+    SkipReason,
+    SkipSeq,
+    Stall,
+    TerminateSubscription,
+    UnsolicitedSnapshot,
+)
+from ssmd.exchange.market import MarketEvent, MarketGenerator, Trade
+from ssmd.exchange.outbound import (
+    BackpressurePolicy,
+    ClientLink,
+    Ledger,
+    SentFrame,
+    SkippedFrame,
+)
+from ssmd.exchange.protocol import ExchangeConnection
+from ssmd.exchange.rest import TRADES_PATH, BadQuery, TradeLog, parse_trade_query
+from ssmd.exchange.schedule import FaultSchedule, RandomFaults
+
+__all__ = ["BackpressurePolicy", "ExchangeSimulator", "SentFrame", "SkipReason", "SkippedFrame"]
 
 log = structlog.get_logger("ssmd.exchange")
 
 _MAX_BATCH = 1_000  # events per pacing step when behind (then yield to the senders)
-_UNPACED_BATCH = 100  # events between yields when rate_hz is 0/None
+_UNPACED_BATCH = 100  # events between yields when rate_hz is 0/None or in a burst
 _CLOSE_TIMEOUT_S = 2.0
-_HEARTBEAT = b"heartbeat"  # §3: Kalshi's ping payload
-
-
-@dataclass(frozen=True)
-class SentFrame:
-    """One text frame the server actually sent (`ws.send` returned) on one connection."""
-
-    connection_id: int
-    data: bytes
-
-
-@dataclass
-class _Client:
-    connection_id: int
-    ws: ServerConnection
-    protocol: ExchangeConnection
-    outbox: asyncio.Queue[bytes]
-    closed: bool = False
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class ExchangeSimulator:
-    """A Kalshi WS v2 server on 127.0.0.1 with simulated markets; see PROTOCOL.md §10."""
+    """A Kalshi WS v2 server on 127.0.0.1 with simulated markets; see PROTOCOL.md §10.
+
+    Accounting (kept unless `keep_sent=False`): `sent` holds every frame a connection was sent,
+    `skipped` every frame built for it that it never got (a SkipSeq fault, an overflow, a close),
+    `faults` every fault injected. `generator` is the exchange's own books; `trades` every trade.
+    """
 
     def __init__(
         self,
@@ -71,8 +84,14 @@ class ExchangeSimulator:
         log_path: Path | None = None,
         outbox_frames: int = 10_000,
         keep_sent: bool = True,
+        backpressure: BackpressurePolicy = BackpressurePolicy.BLOCK,
+        overflow_after_s: float = 1.0,
+        random_faults: RandomFaults | None = None,
+        max_rest_trades: int | None = 250_000,
     ) -> None:
-        """`keep_sent=False` leaves `sent` empty: long runs (`make run`) must not grow it."""
+        """`keep_sent=False` keeps no `sent`/`skipped`/`faults`: long runs must not grow them.
+        With OVERFLOW, an outbox over `outbox_frames` for `overflow_after_s` gets error 25.
+        `random_faults` injects a seeded random schedule of faults on every connection."""
         if rate_hz is not None and rate_hz < 0:
             raise ConfigError(f"must be >= 0, got {rate_hz}", source="exchange", field="rate_hz")
         if outbox_frames < 1:
@@ -89,17 +108,22 @@ class ExchangeSimulator:
         self._clock_ns = clock_ns
         self._log_path = log_path
         self._outbox_frames = outbox_frames
-        self._keep_sent = keep_sent
+        self._backpressure = backpressure
+        self._overflow_after_s = overflow_after_s
+        self._schedule = (
+            FaultSchedule(random_faults, self._generator.tickers) if random_faults else None
+        )
+        self._ledger = Ledger(keep=keep_sent)
+        self._trades = TradeLog(max_trades=max_rest_trades)
         self._server: Server | None = None
-        self._generator_task: asyncio.Task[None] | None = None
-        self._log_file: IO[bytes] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # generator, fault schedule
         self._port = 0
         self._next_connection_id = 1
-        self._clients: dict[int, _Client] = {}
+        self._clients: dict[int, ClientLink] = {}
+        self._handshakes_to_reject = 0
         # Frames are computed and queued under this lock, so every connection's queue holds
         # them in seq order and a snapshot always reflects exactly the events queued before it.
         self._fanout_lock = asyncio.Lock()
-        self.sent: list[SentFrame] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -107,33 +131,30 @@ class ExchangeSimulator:
         if self._server is not None:
             return
         if self._log_path is not None:
-            self._log_file = self._open_log(self._log_path)
+            self._ledger.log_file = self._open_log(self._log_path)
         self._server = await serve(
             self._handle,
             self._host,
             self._requested_port,
-            process_request=self._authenticate,
+            process_request=self._process_request,
             ping_interval=None,  # our own heartbeat task sends Kalshi's pings (§3)
             close_timeout=_CLOSE_TIMEOUT_S,
         )
         self._port = next(iter(self._server.sockets)).getsockname()[1]
-        self._generator_task = asyncio.create_task(self._run_generator(), name="exchange-gen")
+        self.resume()
         log.info("exchange.listening", url=self.url, markets=len(self.markets))
 
     async def stop(self) -> None:
         """Stop producing, close every connection with 1000 (normal closure), release all."""
-        if self._generator_task is not None:
-            self._generator_task.cancel()
-            await asyncio.wait([self._generator_task])
-            self._generator_task = None
+        await self._cancel_tasks(list(self._tasks))
         if self._server is not None:
             self._server.close(code=1000, reason="exchange shutting down")
             await self._server.wait_closed()
             self._server = None
             log.info("exchange.stopped")
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        if self._ledger.log_file is not None:
+            self._ledger.log_file.close()
+            self._ledger.log_file = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -147,9 +168,39 @@ class ExchangeSimulator:
     ) -> None:
         await self.stop()
 
+    async def pause(self) -> None:
+        """Stop producing market events (and the fault schedule) and wait until every frame
+        already produced has left (sent, or dropped by a fault): the exchange's books then
+        match what the clients got. A stalled connection holds this until its stall ends."""
+        await self._cancel_tasks(["generator", "schedule"])
+        async with self._fanout_lock:  # no burst or fault is queueing frames
+            for client in list(self._clients.values()):
+                await client.outbox.wait_until_empty()
+
+    def resume(self) -> None:
+        """Produce market events (and run the fault schedule) again after `pause`."""
+        if self._server is None:
+            return
+        if "generator" not in self._tasks:
+            self._tasks["generator"] = asyncio.create_task(self._run_generator())
+        if self._schedule is not None and "schedule" not in self._tasks:
+            self._tasks["schedule"] = asyncio.create_task(self._run_schedule(self._schedule))
+
+    async def _cancel_tasks(self, names: list[str]) -> None:
+        tasks = [task for name in names if (task := self._tasks.pop(name, None)) is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
     @property
     def url(self) -> str:
         return f"ws://{self._host}:{self._port}{WS_PATH}"
+
+    @property
+    def rest_url(self) -> str:
+        """The REST base, e.g. `http://127.0.0.1:PORT/trade-api/v2` (§1)."""
+        return f"http://{self._host}:{self._port}/trade-api/v2"
 
     @property
     def port(self) -> int:
@@ -164,9 +215,32 @@ class ExchangeSimulator:
         return len(self._clients)
 
     @property
+    def connection_ids(self) -> list[int]:
+        return list(self._clients)
+
+    @property
     def generator(self) -> MarketGenerator:
         """The live market state (read-only use: tests compare books and tickers with it)."""
         return self._generator
+
+    @property
+    def trades(self) -> TradeLog:
+        """Every trade made (what GET /markets/trades serves), whatever reached the clients."""
+        return self._trades
+
+    @property
+    def sent(self) -> list[SentFrame]:
+        return self._ledger.sent
+
+    @property
+    def skipped(self) -> list[SkippedFrame]:
+        return self._ledger.skipped
+
+    @property
+    def faults(self) -> list[FaultRecord]:
+        return self._ledger.faults
+
+    # -- faults -------------------------------------------------------------------------------
 
     def stall_reading(self) -> None:
         """Stop reading from every open connection: client frames, its close frame included,
@@ -175,35 +249,101 @@ class ExchangeSimulator:
             for connection in self._server.connections:
                 connection.transport.pause_reading()
 
-    def inject_fault(self, connection_id: int, fault: Fault) -> bool:
-        """Queue `fault` on one connection (see protocol.Fault); False if it is not open."""
-        client = self._clients.get(connection_id)
-        if client is None:
-            return False
-        client.protocol.inject_fault(fault)
-        return True
+    async def inject_fault(self, fault: Fault, *, connection_id: int | None = None) -> bool:
+        """Apply `fault` to one connection, or to every open one when `connection_id` is None
+        (server faults ignore it). Returns once applied (a Burst: produced; a frame fault:
+        armed for the next frame it fits). False when no target connection is open."""
+        if isinstance(fault, RejectHandshakes | Burst):
+            self._record_fault(None, fault)
+            if isinstance(fault, RejectHandshakes):
+                self._handshakes_to_reject += fault.count
+            else:
+                await self._produce(fault.events, batch=_UNPACED_BATCH)
+            return True
+        targets = list(self._clients.values())
+        if connection_id is not None:
+            targets = [c for c in targets if c.connection_id == connection_id]
+        for client in targets:
+            self._record_fault(client.connection_id, fault)
+            await self._apply_connection_fault(client, fault)
+        return bool(targets)
 
-    # -- authentication (§2) ------------------------------------------------------------------
+    def end_stall(self, connection_id: int | None = None) -> None:
+        """End a Stall early on one connection (None: on all)."""
+        for client in list(self._clients.values()):
+            if connection_id in (None, client.connection_id):
+                client.end_stall()
 
-    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] != WS_PATH:
+    def _record_fault(self, connection_id: int | None, fault: Fault) -> None:
+        self._ledger.record_fault(FaultRecord(self._clock_ns(), connection_id, fault))
+        log.info("exchange.fault", connection_id=connection_id, fault=repr(fault))
+
+    async def _apply_connection_fault(self, client: ClientLink, fault: ConnectionFault) -> None:
+        if isinstance(fault, SkipSeq | DuplicateFrame | MalformedFrame):
+            client.frame_faults.add(fault)
+        elif isinstance(fault, TerminateSubscription | UnsolicitedSnapshot):
+            async with self._fanout_lock:
+                if isinstance(fault, TerminateSubscription):
+                    frames = client.protocol.terminate_subscription(fault.sid, fault.code)
+                else:
+                    frames = client.protocol.unsolicited_snapshot(fault.market)
+                await client.deliver(frames)
+        elif isinstance(fault, Stall):
+            client.stall(fault.duration_s, fault.mode)
+        elif isinstance(fault, CloseConnection):
+            reason = f"injected fault: close {fault.code.value}"
+            client.spawn(asyncio.create_task(client.ws.close(fault.code.value, reason)))
+        elif isinstance(fault, AbortConnection):
+            client.abort()
+
+    async def _run_schedule(self, schedule: FaultSchedule) -> None:
+        while True:
+            scheduled = schedule.next_fault()
+            await asyncio.sleep(scheduled.delay_s)
+            await self.inject_fault(scheduled.fault)
+
+    # -- HTTP: authentication (§2) and REST (§9.5) --------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path == TRADES_PATH:
+            return self._serve_trades(connection, request, query)
+        if path != WS_PATH:
             return _json_response(connection, http.HTTPStatus.NOT_FOUND, "not_found", "no route")
-        key_id, timestamp, signature = (
-            _single_header(request, name)
-            for name in (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)
-        )
-        reason = self._auth_failure(key_id, timestamp, signature)
+        reason = self._auth_failure(request, WS_PATH, required=True)
+        if reason is None and self._handshakes_to_reject > 0:
+            self._handshakes_to_reject -= 1
+            reason = "injected fault: handshake rejected"
         if reason is None:
             return None
-        log.info("exchange.auth.rejected", reason=reason, key_id=key_id)
+        log.info(
+            "exchange.auth.rejected", reason=reason, key_id=_single_header(request, HEADER_KEY)
+        )
         return _json_response(
             connection, http.HTTPStatus.UNAUTHORIZED, "authentication_error", reason
         )
 
-    def _auth_failure(
-        self, key_id: str | None, timestamp: str | None, signature: str | None
-    ) -> str | None:
-        """Why the three KALSHI-ACCESS-* headers do not authenticate, or None if they do."""
+    def _serve_trades(self, connection: ServerConnection, request: Request, query: str) -> Response:
+        """Public GET (§9): unsigned requests are served; signed ones must verify (§2.2)."""
+        reason = self._auth_failure(request, TRADES_PATH, required=False)
+        if reason is not None:
+            status, code = http.HTTPStatus.UNAUTHORIZED, "authentication_error"
+            return _json_response(connection, status, code, reason)
+        parsed = parse_trade_query(query)
+        if isinstance(parsed, BadQuery):
+            status, code = http.HTTPStatus.BAD_REQUEST, "bad_request"
+            return _json_response(connection, status, code, parsed.message)
+        return _with_json_body(connection, http.HTTPStatus.OK, self._trades.page(parsed).to_json())
+
+    def _auth_failure(self, request: Request, path: str, *, required: bool) -> str | None:
+        """Why the KALSHI-ACCESS-* headers do not authenticate GET `path`, or None if they do
+        (or, when not `required`, if none is sent at all)."""
+        key_id, timestamp, signature = (
+            _single_header(request, name)
+            for name in (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)
+        )
+        if not required and not any(request.headers.get_all(name) for name in _AUTH_HEADERS):
+            return None
         if not key_id or not timestamp or not signature:
             return f"missing {HEADER_KEY}, {HEADER_TIMESTAMP} or {HEADER_SIGNATURE} header"
         if not (timestamp.isascii() and timestamp.isdigit()):
@@ -214,18 +354,21 @@ class ExchangeSimulator:
         public_key = self._public_keys.get(key_id)
         if public_key is None:
             return "unknown API key id"
-        if not verify(public_key, signature, timestamp_ms, "GET", WS_PATH):
+        if not verify(public_key, signature, timestamp_ms, "GET", path):
             return "invalid signature"
         return None
 
     # -- connections --------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        client = _Client(
+        client = ClientLink(
             connection_id=self._next_connection_id,
             ws=ws,
             protocol=ExchangeConnection(self._generator.markets, clock_ns=self._clock_ns),
-            outbox=asyncio.Queue(maxsize=self._outbox_frames),
+            ledger=self._ledger,
+            outbox_frames=self._outbox_frames,
+            policy=self._backpressure,
+            overflow_after_s=self._overflow_after_s,
         )
         self._next_connection_id += 1
         self._clients[client.connection_id] = client
@@ -234,84 +377,33 @@ class ExchangeSimulator:
             connection_id=client.connection_id,
             remote=str(ws.remote_address),
         )
-        client.tasks.append(asyncio.create_task(self._send_loop(client)))
-        if self._ping_interval_s is not None:
-            heartbeat = self._heartbeat_loop(client, self._ping_interval_s)
-            client.tasks.append(asyncio.create_task(heartbeat))
+        client.start(self._ping_interval_s)
         try:
             await self._receive_loop(client)
         finally:
             del self._clients[client.connection_id]
-            self._discard_outbox(client)
-            for task in client.tasks:
-                task.cancel()
-            await asyncio.wait(client.tasks)
+            await client.finish()
             log.info(
                 "exchange.connection.closed",
                 connection_id=client.connection_id,
                 code=ws.close_code,
             )
 
-    async def _receive_loop(self, client: _Client) -> None:
+    async def _receive_loop(self, client: ClientLink) -> None:
         try:
             async for message in client.ws:
                 async with self._fanout_lock:
                     frames = client.protocol.receive_command(message)
-                    await self._deliver(client, frames)
+                    await client.deliver(frames)
         except ConnectionClosed:
             return
-
-    async def _send_loop(self, client: _Client) -> None:
-        try:
-            while True:
-                frame = await client.outbox.get()
-                await client.ws.send(frame, text=True)
-                if self._keep_sent:
-                    self.sent.append(SentFrame(client.connection_id, frame))
-                if self._log_file is not None:
-                    self._log_file.write(frame + b"\n")
-                    if client.outbox.empty():
-                        self._log_file.flush()
-        except ConnectionClosed:
-            self._discard_outbox(client)
-
-    async def _heartbeat_loop(self, client: _Client, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await client.ws.ping(_HEARTBEAT)
-            except ConcurrencyError:
-                continue  # the previous heartbeat is still unanswered; Kalshi's timeout is unknown
-            except ConnectionClosed:
-                return
-
-    async def _deliver(self, client: _Client, frames: list[bytes]) -> None:
-        """Queue frames for one connection, in order. Call with `_fanout_lock` held."""
-        for frame in frames:
-            if client.closed:
-                return
-            try:
-                client.outbox.put_nowait(frame)
-            except asyncio.QueueFull:
-                # Slow consumer. Kalshi answers error 25 "Subscription buffer overflow" and
-                # drops the subscription (§3, §10.12); until that is simulated, wait for this
-                # connection's sender to make room (producing pauses meanwhile).
-                await client.outbox.put(frame)
-
-    def _discard_outbox(self, client: _Client) -> None:
-        """A closed connection's frames will never be sent; free any producer blocked on it."""
-        client.closed = True
-        while not client.outbox.empty():
-            client.outbox.get_nowait()
 
     # -- market generator ---------------------------------------------------------------------
 
     async def _run_generator(self) -> None:
         if self._rate_hz is None:
             while True:
-                for _ in range(_UNPACED_BATCH):
-                    await self._publish_one()
-                await asyncio.sleep(0)
+                await self._produce(_UNPACED_BATCH, batch=_UNPACED_BATCH)
         loop = asyncio.get_running_loop()
         started_s = loop.time()
         produced = 0
@@ -324,24 +416,39 @@ class ExchangeSimulator:
                 # Far behind (a blocked consumer paused production): forget the backlog.
                 produced += due - _MAX_BATCH
                 due = _MAX_BATCH
-            for _ in range(due):
-                await self._publish_one()
+            await self._produce(due, batch=due)
             produced += due
-            await asyncio.sleep(0)
+
+    async def _produce(self, events: int, *, batch: int) -> None:
+        """`events` market events, yielding to the senders after every `batch`."""
+        for index in range(events):
+            await self._publish_one()
+            if index % batch == batch - 1:
+                await asyncio.sleep(0)
 
     async def _publish_one(self) -> None:
         async with self._fanout_lock:
             now_ns = self._clock_ns()
             event: MarketEvent = self._generator.next_event(now_ns)
+            if isinstance(event, Trade):
+                self._trades.record(event, now_ns)
             for client in list(self._clients.values()):
                 frames = client.protocol.frames_for_event(event, now_ns)
                 if frames:
-                    await self._deliver(client, frames)
+                    faulted = client.frame_faults.apply_to(frames)
+                    if faulted.dropped:
+                        self._ledger.record_skipped(
+                            client.connection_id, faulted.dropped, SkipReason.SKIP_SEQ
+                        )
+                    await client.deliver(faulted.to_send)
 
     @staticmethod
     def _open_log(path: Path) -> IO[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.open("ab")
+
+
+_AUTH_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)
 
 
 def _single_header(request: Request, name: str) -> str | None:
@@ -353,8 +460,15 @@ def _json_response(
     connection: ServerConnection, status: http.HTTPStatus, code: str, message: str
 ) -> Response:
     """A §9-style error body {"code", "message", "details"} instead of websockets' text/plain."""
-    body = msgspec.json.encode({"code": code, "message": message, "details": ""}).decode()
-    response = connection.respond(status, body)
+    body = msgspec.json.encode({"code": code, "message": message, "details": ""})
+    return _with_json_body(connection, status, body)
+
+
+def _with_json_body(connection: ServerConnection, status: http.HTTPStatus, body: bytes) -> Response:
+    response = connection.respond(status, "")
+    del response.headers["Content-Length"]
     del response.headers["Content-Type"]
+    response.headers["Content-Length"] = str(len(body))
     response.headers["Content-Type"] = "application/json"
+    response.body = body
     return response
