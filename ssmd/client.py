@@ -94,6 +94,14 @@ class KalshiClient:
             reason = self._reconnect_reason
         else:
             reason = _close_reason(ws)
+        if _keepalive_timed_out(ws) and not stop.is_set():
+            # Our pings went unanswered for ping_interval_s: the exchange is silent, not just
+            # quiet (a quiet market still answers pings and sends its own, §3).
+            reason = f"stale: no pong within {self._ping_interval_s} s"
+            self._log.warning("client.stale", ping_interval_s=self._ping_interval_s)
+            await self._emit(
+                self.session.status_record(StatusEvent.STALE, self._clock_ns(), reason=reason)
+            )
         await self._emit(
             self.session.status_record(StatusEvent.DISCONNECTED, self._clock_ns(), reason=reason)
         )
@@ -236,6 +244,12 @@ class KalshiClient:
                     excerpt=event.excerpt,
                     count=count,
                 )
+
+
+def _keepalive_timed_out(ws: ClientConnection) -> bool:
+    """websockets fails the connection with 1011 "keepalive ping timeout" when a pong is late."""
+    sent = ws.protocol.close_sent
+    return sent is not None and sent.code == 1011 and "keepalive" in sent.reason
 
 
 def _close_reason(ws: ClientConnection) -> str:
