@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ import structlog
 
 from ssmd import __version__
 from ssmd.config import describe, load_environment, resolve_credentials
-from ssmd.errors import AuthError, ConfigError
+from ssmd.errors import AuthError, ConfigError, SsmdError
 from ssmd.logs import LogFormat, configure_logging
 
 EXIT_USAGE = 2
@@ -69,13 +70,16 @@ def connector_main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         print(json.dumps(describe(settings), indent=2, default=str))
         return 0
-    from ssmd.runner import run_connector
+    from ssmd.runner import EXIT_FAILED, run_connector
 
     try:
         return _run_async(run_connector(settings))
     except (ConfigError, AuthError) as exc:
         log.error("connector.start_failed", error=str(exc), error_type=type(exc).__name__)
         return EXIT_USAGE
+    except SsmdError as exc:  # e.g. the managed nats-server or the transport cannot start
+        log.error("connector.start_failed", error=str(exc), error_type=type(exc).__name__)
+        return EXIT_FAILED
 
 
 def _normalize_command(args: argparse.Namespace) -> int:
@@ -111,6 +115,131 @@ def _schema_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tail_start(text: str) -> Any:
+    from ssmd.tail import parse_start
+
+    try:
+        return parse_start(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _nats_url(text: str) -> str:
+    if not text.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a nats:// or tls:// URL")
+    return text
+
+
+def _add_tail_parser(commands: Any) -> None:
+    from ssmd.records import RECORD_TYPES
+
+    kinds = [str(t.__struct_config__.tag) for t in RECORD_TYPES]
+    tail = commands.add_parser(
+        "tail",
+        help="print records from NATS as they arrive (check that data flows)",
+        description=(
+            "Subscribe to the records a connector publishes to NATS and print them: one readable"
+            " line per record (receive time UTC, kind, market, key fields as decimals, stream"
+            " sequence), or the record itself as a JSON line with --json. Follows a JetStream"
+            " stream with an ordered consumer when one covers the subject, else a plain"
+            " subscription. Exit 0 when records arrived, 1 when --timeout-s passed without one,"
+            " 2 for bad options, an unreachable server, or no stream for --from."
+        ),
+    )
+    tail.add_argument(
+        "subject",
+        nargs="?",
+        help="NATS subject (wildcards allowed); default PREFIX.> (every record)",
+    )
+    tail.add_argument(
+        "--env",
+        help="take servers, credentials, subject prefix and stream from this environment"
+        " (default $SSMD_ENV, else local, unless --server is given)",
+    )
+    tail.add_argument(
+        "--server",
+        action="append",
+        dest="servers",
+        default=[],
+        type=_nats_url,
+        metavar="URL",
+        help="NATS server URL, e.g. nats://127.0.0.1:4222 (repeatable; overrides --env's)",
+    )
+    tail.add_argument(
+        "--prefix",
+        help="subject prefix (default: the environment's; with --server only, ssmd.local.kalshi)",
+    )
+    tail.add_argument("--kind", choices=kinds, help="only this record kind")
+    tail.add_argument(
+        "--market", metavar="TICKER", help="only this exchange ticker (as Kalshi spells it)"
+    )
+    mode = tail.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--core", action="store_true", help="plain subscription: only messages published from now"
+    )
+    mode.add_argument(
+        "--from",
+        dest="start",
+        type=_tail_start,
+        metavar="WHERE",
+        help="JetStream start: new (default), all, last, seq:N or time:RFC3339",
+    )
+    tail.add_argument("--json", action="store_true", help="print each record as one JSON line")
+    tail.add_argument("--count", type=_positive_int, metavar="N", help="exit after N records")
+    tail.add_argument(
+        "--timeout-s",
+        type=_positive_seconds,
+        metavar="S",
+        help="exit after S seconds without a record (code 0 if any arrived, else 1)",
+    )
+    tail.set_defaults(handler=_tail_command)
+
+
+def _tail_command(args: argparse.Namespace) -> int:
+    from ssmd.tail import OutputFormat, TailOptions, run_tail
+
+    env = args.env
+    if env is None and not args.servers:
+        env = os.environ.get("SSMD_ENV") or "local"
+    options = TailOptions(
+        env=env,
+        servers=tuple(args.servers),
+        subject=args.subject,
+        kind=args.kind,
+        market=args.market,
+        prefix=args.prefix,
+        core=args.core,
+        start=args.start,
+        output=OutputFormat.JSON if args.json else OutputFormat.READABLE,
+        count=args.count,
+        timeout_s=args.timeout_s,
+    )
+    try:
+        return _run_async(run_tail(options, load=load_environment, out=sys.stdout, err=sys.stderr))
+    except KeyboardInterrupt:  # Ctrl-C before the subscription was up
+        return 128 + signal.SIGINT
+
+
 def toolbox_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="ssmd", description="ssmd toolbox")
@@ -136,6 +265,8 @@ def toolbox_main(argv: list[str] | None = None) -> int:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of every record kind")
     schema.set_defaults(handler=_schema_command)
+
+    _add_tail_parser(commands)
 
     commands.add_parser(
         "exchange",

@@ -6,9 +6,11 @@ names the file, the dotted field (`subscription.channels.2`) and what to do abou
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -20,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +32,7 @@ from ssmd.auth import Credentials, load_private_key_env, load_private_key_file
 from ssmd.errors import ConfigError
 from ssmd.logs import LogFormat, LogLevel
 from ssmd.messages import Channel
+from ssmd.subjects import encode_token
 
 ENVIRONMENTS_DIRNAME = "environments"
 _RULE = "ssmd_rule"  # pydantic error type of our own cross-field rules; ctx carries fix/field
@@ -162,8 +166,239 @@ class FileTransportSettings(_Section):
     rotate_interval_s: float = Field(default=3600.0, gt=0)
 
 
-# A discriminated union on `kind`; the NATS settings model joins it as a second member.
-TransportSettings = Annotated[Union[FileTransportSettings], Field(discriminator="kind")]  # noqa: UP007
+class NatsPayload(enum.Enum):
+    """How records are encoded in NATS messages (header Content-Type says which)."""
+
+    JSON = "json"
+    MSGPACK = "msgpack"
+
+
+class StreamStorage(enum.Enum):
+    FILE = "file"
+    MEMORY = "memory"
+
+
+class StreamDiscard(enum.Enum):
+    """What JetStream does when the stream is at its limits: drop the oldest or refuse new."""
+
+    OLD = "old"
+    NEW = "new"
+
+
+class Overflow(enum.Enum):
+    """What publish() does when max_pending_acks records await their ack."""
+
+    BLOCK = "block"  # wait: backpressure reaches the exchange reader
+    DROP = "drop"  # drop the record, count it, publish a `dropped` status record later
+
+
+_NKEY_SEED = re.compile(r"S[UOA][A-Z2-7]{56}")
+_SERVER_SCHEMES = ("nats://", "tls://")
+_NATS_SECRETS = ("password", "token", "nkey_seed")
+
+
+def _nats_inline_secret_fix(key: str) -> str:
+    name = key if key in _NATS_SECRETS else "password"
+    return (
+        f"never put secrets in configuration files: give transport.{name}_env (name of an"
+        f" environment variable) or transport.{name}_file (path to a file holding it)"
+    )
+
+
+def _env_var_name(value: str | None) -> str | None:
+    if value is not None and (_ENV_NAME.fullmatch(value) is None or _NKEY_SEED.fullmatch(value)):
+        raise _rule(
+            "not an environment variable name",
+            fix="give the NAME of the variable (letters, digits, _), e.g. NATS_PASSWORD,"
+            " not its value",
+        )
+    return value
+
+
+_EnvName = Annotated[str, AfterValidator(_env_var_name)]
+
+
+def _null_to_empty(value: object) -> object:
+    """`key: null` in YAML means "the default" for fields whose default is resolved later."""
+    return "" if value is None else value
+
+
+class ManagedNatsServerSettings(_Section):
+    """ssmd starts a real nats-server itself (the local stack) and publishes to it."""
+
+    port: int = Field(default=4222, ge=0, le=65535)  # 0 = any free port
+    store_dir: _CwdPath = Field(default=Path("var/nats"), validate_default=True)
+
+
+class NatsTlsSettings(_Section):
+    ca_file: _CwdPath | None = None
+    cert_file: _CwdPath | None = None
+    key_file: _CwdPath | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(path is not None for path in (self.ca_file, self.cert_file, self.key_file))
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> NatsTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            fix = "a client certificate needs both tls.cert_file and tls.key_file"
+            raise _rule(f"{missing} is missing", field=missing, fix=fix)
+        return self
+
+
+class NatsStreamSettings(_Section):
+    name: str = ""  # "" or null: SSMD_{ENV}_KALSHI, resolved at load time
+    create: bool = True  # create when missing; an existing stream is validated, never changed
+    storage: StreamStorage = StreamStorage.FILE
+    replicas: int = Field(default=1, ge=1, le=5)
+    max_age_s: float = Field(default=0.0, ge=0)  # 0 = unlimited
+    max_bytes: int = Field(default=-1, ge=-1)  # -1 = unlimited
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    discard: StreamDiscard = StreamDiscard.OLD
+
+    _null_is_default = field_validator("name", mode="before")(_null_to_empty)
+
+    @field_validator("name")
+    @classmethod
+    def _stream_name(cls, value: str) -> str:
+        if value and re.search(r"[.*>/\\\s]", value):
+            raise _rule(
+                "not a valid stream name",
+                fix="use letters, digits, - and _ (no '.', '*', '>', '/', spaces)",
+            )
+        return value
+
+
+class NatsTransportSettings(_Section):
+    """Publish records to a NATS JetStream stream. Secrets come only from env vars or files."""
+
+    kind: Literal["nats"] = "nats"
+    servers: tuple[str, ...] = ()
+    managed_server: ManagedNatsServerSettings | None = None
+    connection_name: str = ""  # "" or null: "ssmd-{environment name}", resolved at load time
+    user: str | None = Field(default=None, min_length=1)
+    password_env: _EnvName | None = None
+    password_file: _CwdPath | None = None
+    token_env: _EnvName | None = None
+    token_file: _CwdPath | None = None
+    nkey_seed_env: _EnvName | None = None
+    nkey_seed_file: _CwdPath | None = None
+    creds_file: _CwdPath | None = None
+    tls: NatsTlsSettings = NatsTlsSettings()
+    subject_prefix: str = ""  # "" or null: "ssmd.{environment name}.kalshi", resolved at load
+    payload: NatsPayload = NatsPayload.JSON
+    stream: NatsStreamSettings = NatsStreamSettings()
+    max_pending_acks: int = Field(default=4096, ge=1)
+    ack_timeout_s: float = Field(default=5.0, gt=0)
+    reconnect_min_s: float = Field(default=0.1, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    overflow: Overflow = Overflow.BLOCK
+
+    _source: str = PrivateAttr(default="<in-memory settings>")
+
+    @property
+    def source(self) -> str:
+        """The configuration file these settings came from (for error messages)."""
+        return self._source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_take_defaults(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (k in ("tls", "stream") and v is None)}
+        return data
+
+    @field_validator("servers")
+    @classmethod
+    def _server_urls(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for index, url in enumerate(values):
+            if not url.startswith(_SERVER_SCHEMES):
+                fix = "e.g. nats://127.0.0.1:4222 (or tls://host:4222)"
+                raise _rule("a server must be a nats:// or tls:// URL", field=str(index), fix=fix)
+            if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+                fix = _nats_inline_secret_fix("password")
+                raise _rule("credentials in a server URL", field=str(index), fix=fix)
+        return values
+
+    _null_is_default = field_validator("connection_name", "subject_prefix", mode="before")(
+        _null_to_empty
+    )
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _subject_prefix(cls, value: str) -> str:
+        if value and any(
+            not token or token in ("*", ">") or re.search(r"[\s*>]", token)
+            for token in value.split(".")
+        ):
+            raise _rule(
+                "not a literal NATS subject",
+                fix="use dot-separated tokens without spaces or wildcards, e.g. ssmd.prod.kalshi",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NatsTransportSettings:
+        if not self.servers and self.managed_server is None:
+            fix = "add servers: [nats://127.0.0.1:4222], or managed_server: {} for a local server"
+            raise _rule("no NATS server to connect to", field="servers", fix=fix)
+        if self.servers and self.managed_server is not None:
+            fix = "keep servers (an existing NATS) or managed_server (ssmd starts one), not both"
+            raise _rule("both servers and managed_server are set", field="servers", fix=fix)
+        if self.reconnect_max_s < self.reconnect_min_s:
+            fix = f"use a number >= reconnect_min_s ({self.reconnect_min_s})"
+            raise _rule("is below reconnect_min_s", field="reconnect_max_s", fix=fix)
+        for name in _NATS_SECRETS:
+            if getattr(self, f"{name}_env") is not None and getattr(self, f"{name}_file"):
+                fix = f"keep exactly one of transport.{name}_env / transport.{name}_file"
+                raise _rule(f"set one of {name}_env or {name}_file", field=f"{name}_file", fix=fix)
+        has_password = self.password_env is not None or self.password_file is not None
+        if (self.user is not None) != has_password:
+            field_name = "password_env" if self.user is not None else "user"
+            fix = "user needs password_env or password_file, and a password needs user"
+            raise _rule("user and password go together", field=field_name, fix=fix)
+        return self._one_auth_method()
+
+    def _one_auth_method(self) -> NatsTransportSettings:
+        chosen = [
+            name
+            for name, present in (
+                ("user", self.user is not None),
+                ("token", self.token_env is not None or self.token_file is not None),
+                ("nkey_seed", self.nkey_seed_env is not None or self.nkey_seed_file is not None),
+                ("creds_file", self.creds_file is not None),
+            )
+            if present
+        ]
+        if len(chosen) > 1:
+            fix = "keep one of user+password, token_env/token_file, nkey_seed_env/_file, creds_file"
+            message = f"choose one authentication method (got {' and '.join(chosen)})"
+            raise _rule(message, field=chosen[1], fix=fix)
+        return self
+
+    def resolved(self, environment: str) -> NatsTransportSettings:
+        """These settings with the defaults that depend on the environment name filled in."""
+        token = environment or "default"
+        stream = self.stream
+        if not stream.name:
+            name = re.sub(r"[^A-Za-z0-9]", "_", token).upper()
+            stream = stream.model_copy(update={"name": f"SSMD_{name}_KALSHI"})
+        return self.model_copy(
+            update={
+                "connection_name": self.connection_name or f"ssmd-{token}",
+                "subject_prefix": self.subject_prefix or f"ssmd.{encode_token(token)}.kalshi",
+                "stream": stream,
+            }
+        )
+
+
+# A discriminated union on `kind`.
+TransportSettings = Annotated[
+    Union[FileTransportSettings, NatsTransportSettings],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 
 
 class RuntimeSettings(_Section):
@@ -202,6 +437,15 @@ class Settings(_Section):
             optional = ("subscription", "transport", "runtime", "log")
             return {k: v for k, v in data.items() if not (k in optional and v is None)}
         return data
+
+    @field_validator("transport")
+    @classmethod
+    def _nats_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # Defaults that depend on the environment name become concrete strings at load time
+        # (`name` is declared before `transport`, so it is validated already).
+        if isinstance(value, NatsTransportSettings):
+            return value.resolved(str(info.data.get("name", "")))
+        return value
 
     @model_validator(mode="after")
     def _real_exchange_needs(self) -> Settings:
@@ -298,6 +542,8 @@ def load_environment(name_or_path: str, *, environments_dir: Path | None = None)
     except ValidationError as exc:
         raise _config_error(exc, source) from exc
     settings._source = source
+    if isinstance(settings.transport, NatsTransportSettings):
+        settings.transport._source = source
     return settings
 
 
@@ -423,6 +669,10 @@ def _describe_problem(
     allowed_keys = ", ".join(holder.model_fields) if holder is not None else ""
     own_keys = ", ".join(key for model in targets for key in model.model_fields)
     if kind == "extra_forbidden":
+        if holder is NatsTransportSettings and (
+            key in _NATS_SECRETS or _INLINE_SECRET_KEY.search(key)
+        ):
+            return f"inline secret {key!r} is not allowed", _nats_inline_secret_fix(key)
         if _INLINE_SECRET_KEY.search(key):
             return f"inline secret {key!r} is not allowed", _INLINE_SECRET_FIX
         return f"unknown key {key!r}", f"allowed keys here: {allowed_keys}"
@@ -483,6 +733,86 @@ def resolve_credentials(settings: Settings) -> Credentials | None:
         assert section.private_key_env is not None  # guaranteed by CredentialsSettings
         private_key = load_private_key_env(section.private_key_env)
     return Credentials(key_id=key_id, private_key=private_key)
+
+
+@dataclass(frozen=True)
+class NatsSecrets:
+    """NATS secrets read from their env vars or files (repr never shows them)."""
+
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    nkey_seed: str | None = field(default=None, repr=False)
+
+
+def _read_secret(
+    env_name: str | None, path: Path | None, *, key: str, what: str, source: str
+) -> str | None:
+    if env_name is not None:
+        value = os.environ.get(env_name, "").strip()
+        if not value:
+            raise ConfigError(
+                f"environment variable {env_name} is not set or empty",
+                source=source,
+                field=f"transport.{key}_env",
+                fix=f"export {env_name}=<{what}>",
+            )
+        return value
+    if path is None:
+        return None
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            f"cannot read {path} ({reason})",
+            source=source,
+            field=f"transport.{key}_file",
+            fix=f"check that {path} exists, holds {what} and is readable",
+        ) from exc
+    if not value:
+        raise ConfigError(
+            f"{path} is empty",
+            source=source,
+            field=f"transport.{key}_file",
+            fix=f"put {what} in {path}",
+        )
+    return value
+
+
+def resolve_nats_secrets(settings: Settings | NatsTransportSettings) -> NatsSecrets:
+    """Read the NATS password, token or nkey seed from the env var or file the config names.
+
+    Raises ConfigError naming the variable or file (never the value) when it is unusable.
+    """
+    transport = settings.transport if isinstance(settings, Settings) else settings
+    if not isinstance(transport, NatsTransportSettings):
+        return NatsSecrets()
+    source = transport.source
+    if isinstance(settings, Settings):
+        source = settings.source
+    return NatsSecrets(
+        password=_read_secret(
+            transport.password_env,
+            transport.password_file,
+            key="password",
+            what="the NATS password",
+            source=source,
+        ),
+        token=_read_secret(
+            transport.token_env,
+            transport.token_file,
+            key="token",
+            what="the NATS token",
+            source=source,
+        ),
+        nkey_seed=_read_secret(
+            transport.nkey_seed_env,
+            transport.nkey_seed_file,
+            key="nkey_seed",
+            what="the NATS nkey seed (SU...)",
+            source=source,
+        ),
+    )
 
 
 def describe(settings: Settings) -> dict[str, Any]:

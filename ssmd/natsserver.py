@@ -134,6 +134,9 @@ class NatsServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal goes to ssmd, which drains into this
+            # server before stopping it; it must not kill the server first.
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
@@ -172,6 +175,12 @@ class NatsServer:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+    def terminate_now(self) -> None:
+        """SIGTERM without waiting: for an exit that cannot await (a second signal)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
 
     async def kill(self) -> None:
         """SIGKILL: a crash, for chaos tests. Store and port are kept for a restart."""

@@ -1,5 +1,6 @@
-"""The process owner: builds the pipeline from Settings, runs it under one TaskGroup, and on
-SIGTERM/SIGINT stops intake, drains the queue, flushes and closes the transport, and exits 0.
+"""The process owner: builds the pipeline from Settings (starting the managed nats-server
+first when the environment has one), runs it under one TaskGroup, and on SIGTERM/SIGINT stops
+intake, drains the queue, flushes and closes the transport, stops that server, and exits 0.
 
 A second signal exits at once with 128 + signal number. Start-up problems (bad key, refused
 handshake) are logged with their fix and give exit code 1.
@@ -15,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ssmd.auth import Credentials, generate_private_key
-from ssmd.client import KalshiClient
-from ssmd.config import Settings, resolve_credentials
+from ssmd.config import NatsTransportSettings, Settings, resolve_credentials
 from ssmd.errors import ConfigError, SsmdError
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.logs import get_logger
+from ssmd.natsserver import NatsServer, NatsServerError
 from ssmd.records import Record
-from ssmd.session import KalshiSession
+from ssmd.rest import KalshiRest, rest_base_url
+from ssmd.retry import RetryPolicy
+from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor
 from ssmd.transport import build_transport
 from ssmd.transport.base import Transport
 
@@ -76,6 +79,37 @@ async def open_exchange(settings: Settings) -> Exchange:
     )
 
 
+_PORT_IN_USE = "address already in use"
+
+
+async def start_managed_nats(settings: Settings) -> NatsServer | None:
+    """Start the nats-server the environment manages (`transport.managed_server`), if any.
+
+    A taken port is a ConfigError naming `transport.managed_server.port` and the two fixes;
+    any other start failure is the NatsServerError (a TransportError) with the server's log.
+    """
+    transport = settings.transport
+    if not isinstance(transport, NatsTransportSettings) or transport.managed_server is None:
+        return None
+    managed = transport.managed_server
+    server = NatsServer(managed.store_dir, port=managed.port)
+    try:
+        await server.start()
+    except NatsServerError as exc:
+        if _PORT_IN_USE not in str(exc).lower():
+            raise
+        raise ConfigError(
+            f"cannot start the managed nats-server: port {managed.port} on 127.0.0.1 is already"
+            " in use (another nats-server, or another `make run`, is listening there)",
+            source=settings.source,
+            field="transport.managed_server.port",
+            fix="set transport.managed_server.port: 0 to take any free port, or stop the other"
+            f" server on port {managed.port}",
+        ) from exc
+    log.info("nats_server.started", url=server.url, store_dir=str(managed.store_dir))
+    return server
+
+
 class Connector:
     """One connector process: exchange → session → bounded queue → transport."""
 
@@ -87,35 +121,58 @@ class Connector:
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
-        self.transport = transport or build_transport(settings.transport)
+        # Built in run() when not given: a managed nats-server's URL is known only once started.
+        self._transport = transport
         self._clock_ns = clock_ns
         self._queue: asyncio.Queue[Record | None] = asyncio.Queue(
             maxsize=settings.runtime.queue_size
         )
         self.published = 0
         self.failure: SsmdError | None = None
-        self.client: KalshiClient | None = None
+        self.supervisor: ConnectionSupervisor | None = None
+        self.nats_server: NatsServer | None = None
         self._drained = asyncio.Event()
 
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise RuntimeError("the transport is built when Connector.run() starts")
+        return self._transport
+
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` is set or intake fails; always drain and close the transport."""
+        """Run until `stop` is set or intake fails; always drain and close the transport,
+        then stop the managed nats-server (if the environment has one)."""
+        nats_server = self.nats_server = await start_managed_nats(self.settings)
+        try:
+            if self._transport is None:
+                nats_servers = [nats_server.url] if nats_server is not None else None
+                self._transport = build_transport(
+                    self.settings.transport, nats_servers=nats_servers
+                )
+            return await self._run_pipeline(stop)
+        finally:
+            if nats_server is not None:
+                await nats_server.stop()
+                log.info("nats_server.stopped", url=nats_server.url)
+
+    async def _run_pipeline(self, stop: asyncio.Event) -> int:
         exchange = await open_exchange(self.settings)
+        rest: KalshiRest | None = None
         try:
             await self.transport.start()
-            session = KalshiSession(
-                connection_id=f"{self.settings.name}/{os.getpid()}/1",
+            plan = ConnectionPlan(
+                name=f"{self.settings.name}/{os.getpid()}",
+                url=exchange.url,
+                credentials=exchange.credentials,
                 channels=self.settings.subscription.channels,
                 markets=exchange.markets,
                 use_yes_price=self.settings.subscription.use_yes_price,
-            )
-            self.client = KalshiClient(
-                url=exchange.url,
-                credentials=exchange.credentials,
-                session=session,
-                sink=self._queue,
                 open_timeout_s=self.settings.exchange.open_timeout_s,
                 ping_interval_s=self.settings.exchange.ping_interval_s,
-                clock_ns=self._clock_ns,
+            )
+            rest = KalshiRest(rest_base_url(exchange.url), exchange.credentials)
+            self.supervisor = ConnectionSupervisor(
+                plan, sink=self._queue, policy=RetryPolicy(), rest=rest, clock_ns=self._clock_ns
             )
             log.info(
                 "connector.started",
@@ -126,13 +183,15 @@ class Connector:
                 simulator=exchange.simulator is not None,
             )
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._intake(self.client, stop), name="intake")
+                tasks.create_task(self._intake(self.supervisor, stop), name="intake")
                 tasks.create_task(self._publish(), name="publish")
                 summary = tasks.create_task(self._summarize(len(exchange.markets)), name="summary")
                 await self._drained.wait()
                 summary.cancel()
         finally:
             await self.transport.close()
+            if rest is not None:
+                await rest.close()
             if exchange.simulator is not None:
                 await exchange.simulator.stop()
         stats = self.transport.stats()
@@ -145,9 +204,9 @@ class Connector:
         )
         return EXIT_FAILED if self.failure is not None else EXIT_OK
 
-    async def _intake(self, client: KalshiClient, stop: asyncio.Event) -> None:
+    async def _intake(self, supervisor: ConnectionSupervisor, stop: asyncio.Event) -> None:
         try:
-            await client.run(stop)
+            await supervisor.run(stop)
         except SsmdError as exc:
             self.failure = exc
             log.error("connector.intake_failed", error=str(exc), error_type=type(exc).__name__)
@@ -183,7 +242,8 @@ class Connector:
                 for kind, count in sorted(now.items())
             }
             last = now
-            session = self.client.session if self.client else None
+            supervisor = self.supervisor
+            session = supervisor.session if supervisor else None
             log.info(
                 "connector.summary",
                 per_s=rates,
@@ -192,6 +252,8 @@ class Connector:
                 queued=self._queue.qsize(),
                 files_written=stats.files_written,
                 gaps=session.stats.gaps if session else 0,
+                resyncs=session.stats.resyncs if session else 0,
+                reconnects=supervisor.reconnects if supervisor else 0,
             )
 
 
@@ -200,11 +262,19 @@ async def run_connector(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     deadline: list[asyncio.TimerHandle] = []
+    connector = Connector(settings)
+
+    def exit_now(code: int) -> None:
+        # No awaiting here: stop the managed nats-server (its own session, so the terminal's
+        # signal did not reach it) and leave.
+        if connector.nats_server is not None:
+            connector.nats_server.terminate_now()
+        os._exit(code)
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
             # Second signal: the operator wants out now.
-            os._exit(128 + signum)
+            exit_now(128 + signum)
         log.info("connector.stopping", signal=signal.Signals(signum).name)
         stop.set()
         deadline.append(loop.call_later(settings.runtime.shutdown_timeout_s, on_shutdown_timeout))
@@ -215,12 +285,12 @@ async def run_connector(settings: Settings) -> int:
         log.error(
             "connector.shutdown_timeout", shutdown_timeout_s=settings.runtime.shutdown_timeout_s
         )
-        os._exit(EXIT_FAILED)
+        exit_now(EXIT_FAILED)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await Connector(settings).run(stop)
+        return await connector.run(stop)
     finally:
         for handle in deadline:
             handle.cancel()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -28,8 +29,9 @@ from ssmd.messages import (
     Subscribed,
     Unsubscribed,
 )
+from ssmd.natsserver import NatsServer
 from ssmd.normalize import normalize
-from ssmd.records import RecordBase, Status, StatusEvent, record_kind
+from ssmd.records import Record, RecordBase, Status, StatusEvent, record_kind
 from ssmd.transport.files import read_records
 
 from .conftest import CAPTURES, REPO, write_pem
@@ -192,10 +194,99 @@ async def test_wrong_key_is_refused_with_401_and_a_clear_error(
     assert "PRIVATE KEY" not in log
 
 
-def test_local_environment_runs_and_stops_cleanly(tmp_path: Path) -> None:
-    """The shipped `local` environment (in-process simulator, files under ./var), clean dir."""
+async def test_local_environment_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    """The shipped `local` environment (in-process simulator, managed nats-server, store under
+    ./var/nats) from a clean directory: records flow into JetStream, SIGINT, exit 0, and the
+    stream holds them. The port is 0 in a copy of local.yaml, so tests never use a fixed port."""
+    shipped = (REPO / "environments" / "local.yaml").read_text()
+    assert "    port: 4222" in shipped
+    env = tmp_path / "local.yaml"
+    env.write_text(shipped.replace("    port: 4222", "    port: 0", 1))
+    proc = await asyncio.create_subprocess_exec(
+        CONNECTOR,
+        "--env",
+        str(env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    log_lines: list[dict[str, object]] = []
+    try:
+        started = await asyncio.wait_for(
+            _read_event(proc.stderr, "nats_server.started", log_lines), 60
+        )
+        nats_url = str(started["url"])
+        assert started["store_dir"] == str(tmp_path / "var" / "nats")
+        nc = await nats.connect(nats_url)
+        try:
+            deltas = await nc.subscribe("ssmd.local.kalshi.book_delta.>")
+            await deltas.next_msg(timeout=60)  # records are flowing
+        finally:
+            await nc.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, rest = await asyncio.wait_for(proc.communicate(), 60)
+    log = "\n".join(json.dumps(line) for line in log_lines) + rest.decode()
+    assert proc.returncode == 0, log
+    assert '"nats_server.stopped"' in log
+
+    # The managed server stopped with the connector: start one on the same store and read.
+    async with NatsServer(tmp_path / "var" / "nats") as server:
+        nc = await nats.connect(server.url)
+        try:
+            info = await nc.jetstream().stream_info("SSMD_LOCAL_KALSHI")
+        finally:
+            await nc.close()
+        count = info.state.messages
+        assert count > 0
+        tail = await asyncio.create_subprocess_exec(
+            TOOLBOX, "tail", "--server", server.url, "--from", "all", "--count", str(count),
+            "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(tail.communicate(), 60)
+
+        # A second stack on a port that is taken: a clear error naming the field and the fixes.
+        env.write_text(shipped.replace("    port: 4222", f"    port: {server.port}", 1))
+        clash = await asyncio.create_subprocess_exec(
+            CONNECTOR, "--env", str(env), cwd=tmp_path / "var", stderr=subprocess.PIPE,
+        )  # fmt: skip
+        _, clash_log = await asyncio.wait_for(clash.communicate(), 60)
+    assert tail.returncode == 0, stderr.decode()
+    assert clash.returncode == 2, clash_log.decode()
+    failure = json.loads(clash_log.decode().splitlines()[-1])
+    assert failure["event"] == "connector.start_failed"
+    assert f"port {server.port} on 127.0.0.1 is already in use" in failure["error"]
+    assert "transport.managed_server.port" in failure["error"]
+    assert "managed_server.port: 0" in failure["error"]
+    decoder = msgspec.json.Decoder(Record)
+    records = [decoder.decode(line) for line in stdout.splitlines()]
+    assert len(records) == count
+    kinds = {record_kind(r) for r in records}
+    assert {"status", "book_snapshot", "book_delta"} <= kinds
+    events = [r.event for r in records if isinstance(r, Status)]
+    assert events[0] is StatusEvent.CONNECTED
+    assert events[-1] is StatusEvent.DISCONNECTED  # published during the drain, before close
+
+
+async def _read_event(
+    stream: asyncio.StreamReader, event: str, seen: list[dict[str, object]]
+) -> dict[str, object]:
+    """Read JSON log lines until one has `event`; every line read is kept in `seen`."""
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError(f"the connector exited before logging {event}: {seen}")
+        line = json.loads(raw)
+        seen.append(line)
+        if line.get("event") == event:
+            return line  # type: ignore[no-any-return]
+
+
+def test_local_files_environment_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    """The shipped `local-files` environment (in-process simulator, files under ./var)."""
     proc = subprocess.Popen(
-        [CONNECTOR, "--env", str(REPO / "environments" / "local.yaml")],
+        [CONNECTOR, "--env", str(REPO / "environments" / "local-files.yaml")],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -36,7 +36,9 @@ PREFIX = "ssmd.e2e.kalshi"
 STREAM = "SSMD_E2E_KALSHI"
 
 
-def write_nats_env(tmp_path: Path, *, url: str, key_file: Path, nats_url: str, markets: list[str]) -> Path:
+def write_nats_env(
+    tmp_path: Path, *, url: str, key_file: Path, nats_url: str, markets: list[str]
+) -> Path:
     env = tmp_path / "e2e.yaml"
     env.write_text(
         f"""

@@ -1,19 +1,29 @@
-"""Transports: where normalized records go (the Transport protocol, files; NATS next)."""
+"""Transports: where normalized records go (the Transport protocol, files, NATS JetStream)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from ssmd.config import FileTransportSettings, TransportSettings
+from ssmd.config import FileTransportSettings, NatsTransportSettings, TransportSettings
 from ssmd.transport.base import Transport, TransportStats
 from ssmd.transport.files import FileTransport, FileTransportError, read_records
+from ssmd.transport.nats import NatsTransport
+from ssmd.transport.nats_core import NatsTransportError
 
 
 def build_transport(
-    settings: TransportSettings, *, clock_s: Callable[[], float] = time.time
+    settings: TransportSettings,
+    *,
+    clock_s: Callable[[], float] = time.time,
+    nats_servers: Sequence[str] | None = None,
 ) -> Transport:
-    """The transport described by the config's `transport` section (not yet started)."""
+    """The transport described by the config's `transport` section (not yet started).
+
+    `nats_servers` overrides transport.servers (the managed nats-server's URL).
+    """
+    if isinstance(settings, NatsTransportSettings):
+        return NatsTransport(settings, servers=nats_servers)
     if isinstance(settings, FileTransportSettings):
         return FileTransport(
             settings.dir,
@@ -27,6 +37,8 @@ def build_transport(
 __all__ = [
     "FileTransport",
     "FileTransportError",
+    "NatsTransport",
+    "NatsTransportError",
     "Transport",
     "TransportStats",
     "build_transport",

@@ -18,7 +18,14 @@ class TransportStats:
 
     records_by_kind: dict[str, int] = field(default_factory=dict)
     files_written: int = 0  # completed output files (file transport); 0 for network sinks
-    bytes_written: int = 0  # encoded record bytes handed to the sink
+    bytes_written: int = 0  # encoded record bytes handed to the sink (NATS: acked)
+    # Network sinks (NATS); 0 for files.
+    pending: int = 0  # published, not yet acknowledged
+    acked: int = 0  # acknowledged: stored, or a duplicate of a stored record
+    duplicates: int = 0  # acks that said "duplicate" (the Msg-Id was stored already)
+    resent: int = 0  # records sent again after a reconnect
+    dropped: int = 0  # records dropped because the in-flight window was full (overflow: drop)
+    reconnects: int = 0
 
     @property
     def records(self) -> int:

@@ -1,0 +1,499 @@
+"""The NATS JetStream transport: records published with Msg-Id dedupe, pipelined acks, its own
+reconnection that re-sends every unacked record in order, and a bounded in-flight window.
+The only ssmd module that imports nats-py (`connect_nats` is shared with `ssmd tail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from ssmd.config import NatsPayload, NatsTransportSettings, Overflow, resolve_nats_secrets
+from ssmd.errors import TransportError
+from ssmd.logs import get_logger
+from ssmd.records import Record, record_kind
+from ssmd.retry import RetryPolicy
+from ssmd.subjects import SubjectMapper, msg_id_for, stream_covers
+from ssmd.transport.base import TransportStats
+from ssmd.transport.nats_core import (
+    CONTENT_TYPES,
+    HEADER_CONTENT_TYPE,
+    HEADER_KIND,
+    HEADER_MARKET,
+    HEADER_MSG_ID,
+    AckWatch,
+    AckWindow,
+    Entry,
+    LinkState,
+    NatsConnectError,
+    NatsTransportError,
+    NoJetStream,
+    StreamMismatch,
+    StreamMissing,
+    connect_options,
+    drop_status,
+    parse_pub_ack,
+)
+
+_JS_NOT_ENABLED_FOR_ACCOUNT = 10039  # JetStream API err_code
+_STREAM_NAME_IN_USE = 10058
+_CLOSE_TIMEOUT_S = 5.0
+_NATS_ERRORS = (OSError, TimeoutError, nats.errors.Error)
+_CONNECTED = (LinkState.UP, LinkState.RESENDING)
+
+log = get_logger("ssmd.transport.nats")
+
+
+async def connect_nats(
+    settings: NatsTransportSettings, *, servers: Sequence[str] | None = None, **callbacks: Any
+) -> Client:
+    """A connected nats-py client with every option the settings give (servers, name, auth, TLS).
+
+    `servers` overrides settings.servers. `callbacks` go to nats-py's connect as they are and
+    win over the settings (error_cb, disconnected_cb, ..., name, allow_reconnect). Raises
+    NatsConnectError (ConfigError when a secret's env var or file is unusable).
+    """
+    urls = list(servers or settings.servers)
+    where = ", ".join(urls)
+    if not urls:
+        fix = "set transport.servers, or start the managed_server first"
+        raise NatsConnectError("no server URL", fix=fix)
+    options = connect_options(settings, resolve_nats_secrets(settings), urls) | callbacks
+    client = Client()
+    try:
+        await client.connect(**options)
+    except ModuleNotFoundError as exc:  # nkeys: nats-py imports it for nkey/creds auth only
+        message = f"nkey and creds authentication need the {exc.name} package"
+        raise NatsConnectError(message, server=where, fix=f"pip install {exc.name}") from exc
+    except _NATS_ERRORS as exc:
+        with contextlib.suppress(*_NATS_ERRORS):
+            await client.close()
+        fix = "check that nats-server runs there, transport.servers and the credentials"
+        reason = str(exc) or type(exc).__name__
+        raise NatsConnectError(f"cannot connect ({reason})", server=where, fix=fix) from exc
+    return client
+
+
+class NatsTransport:
+    """Publishes records to a JetStream stream (implements ssmd.transport.base.Transport).
+
+    A record is done when JetStream acked it (stored or duplicate). publish() sends at once
+    with a reply subject `{inbox}.{n}` and does not wait for the ack; at most max_pending_acks
+    records are in flight, then publish() waits (overflow: block) or drops (overflow: drop).
+    On a disconnect, an ack timeout or an error ack, sending stops; the link task reconnects
+    (capped exponential backoff, full jitter) and re-sends every unacked record from the
+    oldest with its Msg-Id, so the stream holds each record once and in publish order.
+    nats-py's own reconnect is off: it would replay its buffer ahead of lost in-flight records.
+    """
+
+    def __init__(
+        self,
+        settings: NatsTransportSettings,
+        *,
+        servers: Sequence[str] | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not (settings.subject_prefix and settings.stream.name and settings.connection_name):
+            settings = settings.resolved("")  # built in code, not loaded: the "default" names
+        self.settings = settings
+        self.servers = list(servers or settings.servers)
+        self.stream_name = settings.stream.name
+        self.mapper = SubjectMapper(settings.subject_prefix)
+        self._clock_ns = clock_ns
+        rng = rng or random.Random()
+        self._retry = RetryPolicy(settings.reconnect_min_s, settings.reconnect_max_s, rng=rng)
+        msgpack = settings.payload is NatsPayload.MSGPACK
+        encoder = msgspec.msgpack.Encoder() if msgpack else msgspec.json.Encoder()
+        self._encode = encoder.encode
+        self._content_type = CONTENT_TYPES[settings.payload]
+        self._kinds: dict[type, str] = {}
+        self._window = AckWindow(settings.max_pending_acks)
+        self._watch = AckWatch(settings.ack_timeout_s)
+        self._drop = settings.overflow is Overflow.DROP
+        self._state = LinkState.DOWN
+        self._nc: Client | None = None
+        self._server = ""
+        self._generation = 0  # one per connection; callbacks of older ones are ignored
+        self._inbox = ""
+        self._inbox_len = 0
+        self._room = asyncio.Event()  # set when the window has room again
+        self._idle = asyncio.Event()  # set when nothing is pending
+        self._idle.set()
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconnects = 0
+        self._accepting = False
+        self._closed = False
+
+    @property
+    def server(self) -> str:
+        """The URL of the server of the current (or last) connection."""
+        return self._server
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    # -- the Transport protocol ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, create or validate the stream, subscribe to the ack inbox."""
+        if self._accepting or self._closed:
+            return
+        await self._open()
+        self._state = LinkState.UP
+        self._accepting = True
+        subjects = self.mapper.all_subjects
+        log.info("nats.connected", server=self._server, stream=self.stream_name, subjects=subjects)
+        self._tasks = [
+            asyncio.create_task(self._maintain_link(), name="nats-link"),
+            asyncio.create_task(self._watch_acks(), name="nats-ack-watchdog"),
+        ]
+
+    async def publish(self, record: Record) -> None:
+        if not self._accepting:
+            state = "closed" if self._closed else "not started"
+            raise NatsTransportError(f"transport is {state}", stream=self.stream_name)
+        window = self._window
+        if len(window.pending) >= window.capacity:
+            if self._drop:
+                if window.count_drop(record.market):
+                    log.warning("nats.dropped", stream=self.stream_name, state=self._state.value)
+                return
+            await self._wait_for_room()
+        elif window.unreported_drops and self._state is LinkState.UP:
+            await self._publish_drop_status()
+        await self._enqueue(self._entry(record))
+
+    async def flush(self) -> None:
+        """Return once every record handed to publish() so far is acked (waits out outages)."""
+        if self._window.unreported_drops:
+            await self._publish_drop_status()
+        while self._window.pending:
+            await self._wait_or_fail(self._idle)
+
+    async def close(self) -> None:
+        """Flush (everything acked, in order), then close the connection. Idempotent."""
+        if self._closed:
+            return
+        self._accepting = False
+        try:
+            if self._tasks:
+                await self.flush()
+        finally:
+            self._closed = True
+            self._state = LinkState.CLOSED
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._room.set()  # wake a publisher still waiting for room
+            await self._close_connection()
+            stats = self.stats()
+            counts = {k: v for k, v in vars(stats).items() if k not in ("records_by_kind",)}
+            log.info("nats.closed", stream=self.stream_name, **counts)
+
+    def stats(self) -> TransportStats:
+        return self._window.stats(reconnects=self._reconnects)
+
+    # -- sending and acks --------------------------------------------------------------------
+
+    def _entry(self, record: Record) -> Entry:
+        """Subject, payload, headers and kind of one record (the per-record hot path)."""
+        kind = self._kinds.get(type(record))
+        if kind is None:
+            kind = self._kinds[type(record)] = record_kind(record)
+        headers = {
+            HEADER_MSG_ID: msg_id_for(record),
+            HEADER_KIND: kind,
+            HEADER_MARKET: record.market,
+            HEADER_CONTENT_TYPE: self._content_type,
+        }
+        return self.mapper.subject_for(record), self._encode(record), headers, kind
+
+    async def _enqueue(self, entry: Entry) -> None:
+        """Add to the window; send now when the link is up (else the re-send will)."""
+        if not self._window.pending:
+            self._idle.clear()
+        n = self._window.add(entry)
+        if self._state is LinkState.UP:
+            await self._send(n, entry)
+
+    async def _send(self, n: int, entry: Entry) -> bool:
+        """Send one pending record on the current connection; False when the link broke."""
+        nc = self._nc
+        if nc is None:
+            return False
+        subject, payload, headers, _ = entry
+        try:
+            await nc.publish(subject, payload, reply=f"{self._inbox}.{n}", headers=headers)
+        except (nats.errors.BadSubjectError, nats.errors.MaxPayloadError) as exc:
+            self._window.pending.pop(n, None)  # can never succeed: fail loudly instead
+            message = f"record refused by the client: {type(exc).__name__}, {len(payload)} bytes"
+            raise NatsTransportError(
+                message, server=self._server, stream=self.stream_name, subject=subject
+            ) from exc
+        except _NATS_ERRORS as exc:
+            self._connection_lost(self._generation, f"publish failed: {exc or type(exc).__name__}")
+            return False
+        window = self._window
+        if n >= window.sent_upto:
+            window.sent_upto = n + 1
+        return True
+
+    async def _receive_ack(self, msg: Msg, generation: int) -> None:
+        try:
+            n = int(msg.subject[self._inbox_len :])
+        except ValueError:
+            return
+        ack = parse_pub_ack(msg.data, msg.headers)
+        window = self._window
+        if isinstance(ack, str):
+            if n in window.pending and self._connection_lost(generation, f"rejected: {ack}"):
+                subject = window.pending[n][0]
+                log.warning("nats.publish.rejected", reason=ack, subject=subject)
+            return
+        if window.settle(n, duplicate=ack.duplicate):
+            if not window.pending:
+                self._idle.set()
+            if len(window.pending) < window.capacity:
+                self._room.set()
+
+    async def _wait_for_room(self) -> None:
+        while self._window.full and not self._closed:
+            self._room.clear()
+            await self._wait_or_fail(self._room)
+        if self._closed:
+            raise NatsTransportError("closed while publish() waited", stream=self.stream_name)
+
+    async def _wait_or_fail(self, event: asyncio.Event) -> None:
+        """Wait for `event`, raising instead if the link task died (a bug or a config error)."""
+        self._raise_if_link_failed()
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        self._raise_if_link_failed()
+
+    def _raise_if_link_failed(self) -> None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                message = f"the connection task failed: {error}"
+                raise NatsTransportError(message, stream=self.stream_name) from error
+
+    async def _publish_drop_status(self) -> None:
+        """Enqueue (and send when up) the `dropped` status record for the drops so far."""
+        count, markets = self._window.take_drops()
+        window_size = self._window.capacity
+        status = drop_status(count, markets, window=window_size, receive_ts_ns=self._clock_ns())
+        log.warning("nats.dropped.reported", count=count, markets=len(markets))
+        await self._enqueue(self._entry(status))
+
+    # -- connection management ---------------------------------------------------------------
+
+    def _connection_lost(self, generation: int, reason: str) -> bool:
+        """Stop sending; the link task reconnects and re-sends. False when the link was down
+        already or `generation` is an old connection's."""
+        if generation != self._generation or self._state not in _CONNECTED:
+            return False
+        self._state = LinkState.DOWN
+        self._lost_reason = reason
+        self._lost.set()
+        return True
+
+    async def _open(self) -> None:
+        """Connect to the first server that answers, check the stream, subscribe the inbox."""
+        self._generation += 1
+        generation = self._generation
+        nc = await self._connect_any(generation)
+        try:
+            await self._ensure_stream(nc)
+            inbox = nc.new_inbox()
+
+            async def receive_ack(msg: Msg) -> None:
+                await self._receive_ack(msg, generation)
+
+            await nc.subscribe(f"{inbox}.*", cb=receive_ack)
+        except BaseException:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await nc.close()
+            raise
+        self._nc, self._inbox, self._inbox_len = nc, inbox, len(inbox) + 1
+
+    async def _connect_any(self, generation: int) -> Client:
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats.error", error=str(exc) or type(exc).__name__, server=self._server)
+
+        async def on_disconnected() -> None:
+            self._connection_lost(generation, "disconnected")
+
+        last: NatsConnectError | None = None
+        # Start at another server each time so one dead node does not always go first.
+        offset = generation % len(self.servers) if self.servers else 0
+        for url in self.servers[offset:] + self.servers[:offset]:
+            try:
+                nc = await connect_nats(
+                    self.settings,
+                    servers=[url],
+                    # We reconnect ourselves (class docstring). nats-py still retries a first
+                    # connect internally: max_reconnect_attempts=1 is two quick tries per URL.
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                )
+            except NatsConnectError as exc:
+                last = exc
+                continue
+            self._server = url
+            return nc
+        message, fix = (last.message, last.fix) if last else ("no server URL", "set servers")
+        raise NatsConnectError(message, server=", ".join(self.servers), fix=fix)
+
+    async def _ensure_stream(self, nc: Client) -> None:
+        """Create the stream when missing (if allowed); refuse one that does not cover us."""
+        where = {"server": self._server, "stream": self.stream_name}
+        jsm = nc.jsm(timeout=self.settings.ack_timeout_s)
+        ours = self.mapper.all_subjects
+        try:
+            try:
+                info = await jsm.stream_info(self.stream_name)
+            except nats.js.errors.NotFoundError:
+                if not self.settings.stream.create:
+                    fix = f"create it with subjects [{ours}], or set transport.stream.create: true"
+                    message = "the stream does not exist and transport.stream.create is false"
+                    raise StreamMissing(message, **where, fix=fix) from None
+                try:
+                    await jsm.add_stream(self._stream_config())
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != _STREAM_NAME_IN_USE:  # else: someone created it just now
+                        raise
+                    info = await jsm.stream_info(self.stream_name)
+                else:
+                    log.info("nats.stream.created", **where, subjects=[ours])
+                    return
+        except nats.js.errors.ServiceUnavailableError as exc:
+            if exc.code is None or exc.err_code == _JS_NOT_ENABLED_FOR_ACCOUNT:
+                fix = "start nats-server with -js (or `jetstream {}` in its config)"
+                raise NoJetStream("the server has no JetStream", **where, fix=fix) from exc
+            raise NatsTransportError(f"JetStream unavailable: {exc.description}", **where) from exc
+        except nats.js.errors.APIError as exc:
+            raise NatsTransportError(f"JetStream refused: {exc.description}", **where) from exc
+        except _NATS_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
+            raise NatsTransportError(f"stream lookup failed ({reason})", **where) from exc
+        subjects = list(info.config.subjects or [])
+        if not stream_covers(subjects, ours):
+            raise StreamMismatch(**where, stream_subjects=subjects, ours=ours)
+        window_s = info.config.duplicate_window or 0
+        if window_s < self.settings.stream.duplicate_window_s:
+            log.warning("nats.stream.short_duplicate_window", **where, duplicate_window_s=window_s)
+
+    def _stream_config(self) -> js_api.StreamConfig:
+        stream = self.settings.stream
+        return js_api.StreamConfig(
+            name=self.stream_name,
+            subjects=[self.mapper.all_subjects],
+            storage=js_api.StorageType(stream.storage.value),
+            num_replicas=stream.replicas,
+            max_age=stream.max_age_s,
+            max_bytes=stream.max_bytes,
+            duplicate_window=stream.duplicate_window_s,
+            discard=js_api.DiscardPolicy(stream.discard.value),
+        )
+
+    async def _close_connection(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):  # a half-open socket: do not hang
+                    await nc.close()
+
+    async def _maintain_link(self) -> None:
+        """Runs while started: on each loss, reconnect with backoff and re-send the window."""
+        while True:
+            await self._lost.wait()
+            self._lost.clear()
+            pending = len(self._window.pending)
+            reason = self._lost_reason
+            log.warning("nats.disconnected", server=self._server, reason=reason, pending=pending)
+            await self._close_connection()
+            self._retry.attempt = 0
+            while not await self._reconnect():
+                pass
+
+    async def _reconnect(self) -> bool:
+        """One attempt after the backoff delay; True once connected (the re-send has run)."""
+        delay_s = self._retry.backoff_s()
+        self._retry.attempt += 1
+        await asyncio.sleep(delay_s)
+        try:
+            await self._open()
+        except TransportError as exc:  # a ConfigError (a secret file vanished) ends the task
+            log.warning("nats.reconnect_failed", error=str(exc), attempt=self._retry.attempt)
+            return False
+        self._reconnects += 1
+        log.info("nats.reconnected", server=self._server, pending=len(self._window.pending))
+        await self._resend()
+        return True
+
+    async def _resend(self) -> None:
+        """Re-send the whole window oldest first; then new records flow again (state UP)."""
+        self._state = LinkState.RESENDING
+        self._watch.reset()
+        window, generation = self._window, self._generation
+        boundary, cursor, resent = window.sent_upto, 0, 0
+        while batch := window.unacked_from(cursor):  # records published meanwhile come last
+            for n in batch:
+                entry = window.pending.get(n)
+                if entry is None:
+                    continue
+                if not await self._send(n, entry) or generation != self._generation:
+                    return  # lost again: _lost is set, the link loop goes round once more
+                resent += n < boundary
+            cursor = batch[-1] + 1
+        self._state = LinkState.UP
+        window.resent += resent
+        log.info("nats.resend", resent=resent, server=self._server)
+        if window.unreported_drops:
+            await self._publish_drop_status()
+        self._room.set()
+
+    async def _watch_acks(self) -> None:
+        """Declare the link lost when the oldest pending record waited ack_timeout_s."""
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.ack_timeout_s
+        while True:
+            await asyncio.sleep(timeout_s / 4)
+            if self._state not in _CONNECTED:  # a stuck re-send counts too
+                self._watch.reset()
+            elif self._watch.overdue(self._window, loop.time()):
+                self._connection_lost(self._generation, f"no ack within {timeout_s} s")
+
+
+__all__ = [
+    "LinkState",
+    "NatsConnectError",
+    "NatsTransport",
+    "NatsTransportError",
+    "NoJetStream",
+    "StreamMismatch",
+    "StreamMissing",
+    "connect_nats",
+]

@@ -1,0 +1,262 @@
+"""The pure core of the NATS transport (no nats-py, no asyncio, no clock): the window of
+published, unacked records and its counters, JetStream PubAck parsing, the `dropped` status
+record, nats-py connect options from the settings, link states and errors.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from typing import Any
+
+import msgspec
+
+from ssmd.config import NatsPayload, NatsSecrets, NatsTlsSettings, NatsTransportSettings
+from ssmd.errors import TransportError
+from ssmd.records import Status, StatusEvent
+from ssmd.transport.base import TransportStats
+
+HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream dedupes on it (ssmd.subjects.msg_id_for)
+HEADER_KIND = "Ssmd-Kind"
+HEADER_MARKET = "Ssmd-Market"
+HEADER_CONTENT_TYPE = "Content-Type"
+CONTENT_TYPES = {NatsPayload.JSON: "application/json", NatsPayload.MSGPACK: "application/msgpack"}
+DROP_CONNECTION_ID = "transport"
+
+# One record waiting for its ack: subject, payload, headers, kind.
+Entry = tuple[str, bytes, dict[str, str], str]
+
+
+class NatsTransportError(TransportError):
+    """NATS or JetStream refused or failed; says which server, stream and subject, and the fix."""
+
+    def __init__(
+        self, message: str, *, server: str = "", stream: str = "", subject: str = "", fix: str = ""
+    ) -> None:
+        self.message = message
+        self.server = server
+        self.stream = stream
+        self.subject = subject
+        self.fix = fix
+        where = ", ".join(
+            f"{name} {value}"
+            for name, value in (("server", server), ("stream", stream), ("subject", subject))
+            if value
+        )
+        text = f"NATS {where}: {message}" if where else f"NATS: {message}"
+        super().__init__(f"{text} (fix: {fix})" if fix else text)
+
+
+class NatsConnectError(NatsTransportError):
+    """No configured server accepted the connection."""
+
+
+class NoJetStream(NatsTransportError):
+    """The server answers, but JetStream is not enabled for us."""
+
+
+class StreamMissing(NatsTransportError):
+    """The stream does not exist and transport.stream.create is false."""
+
+
+class StreamMismatch(NatsTransportError):
+    """The stream exists but its subjects do not cover the subjects we publish."""
+
+    def __init__(self, *, server: str, stream: str, stream_subjects: list[str], ours: str) -> None:
+        self.stream_subjects = stream_subjects
+        self.ours = ours
+        prefix = ours.removesuffix(".>")
+        super().__init__(
+            f"its subjects {stream_subjects} do not cover {ours}",
+            server=server,
+            stream=stream,
+            subject=ours,
+            fix=f"add `{ours}` to the stream's subjects or set transport.subject_prefix to a"
+            f" subject it covers (now {prefix})",
+        )
+
+
+class LinkState(enum.Enum):
+    DOWN = "down"  # no usable connection: records wait in the window
+    RESENDING = "resending"  # connected, re-sending the window; new records wait
+    UP = "up"  # records are sent as they are published
+    CLOSED = "closed"
+
+
+def ssl_context(tls: NatsTlsSettings) -> ssl.SSLContext:
+    """A client TLS context with the configured CA and client certificate."""
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(str(p) for p in (tls.ca_file, tls.cert_file, tls.key_file) if p)
+        raise NatsTransportError(
+            f"cannot load TLS files ({exc})", fix=f"check transport.tls: {files}"
+        ) from exc
+    return context
+
+
+def connect_options(
+    settings: NatsTransportSettings, secrets: NatsSecrets, servers: list[str]
+) -> dict[str, Any]:
+    """nats-py connect() keyword arguments: servers, name, one auth method, TLS."""
+    options: dict[str, Any] = {"servers": servers, "name": settings.connection_name}
+    if settings.user is not None:
+        options["user"], options["password"] = settings.user, secrets.password
+    if secrets.token is not None:
+        options["token"] = secrets.token
+    if secrets.nkey_seed is not None:
+        options["nkeys_seed_str"] = secrets.nkey_seed
+    if settings.creds_file is not None:
+        options["user_credentials"] = str(settings.creds_file)
+    if settings.tls.enabled:
+        options["tls"] = ssl_context(settings.tls)
+    return options
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to one publish (`{"stream","seq","duplicate"}` or `{"error"}`)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_ACK_DECODER = msgspec.json.Decoder(PubAck)
+
+
+def parse_pub_ack(data: bytes, headers: dict[str, str] | None) -> PubAck | str:
+    """The PubAck, or why the publish was not stored (a status reply such as 503 no responders
+    when no stream takes the subject, or a JetStream error)."""
+    if not data and headers and headers.get("Status"):
+        status = headers["Status"]
+        if status == "503":
+            return "no stream takes the subject (503 no responders)"
+        description = headers.get("Description", "").split("\n", 1)[0].strip()
+        return f"status {status} {description}".strip()
+    try:
+        ack = _ACK_DECODER.decode(data)
+    except msgspec.DecodeError:
+        return f"unreadable ack {data[:80]!r}"
+    if ack.error is not None:
+        return f"{ack.error.get('description', 'error')} (code {ack.error.get('code')})"
+    if ack.seq <= 0:
+        return f"ack without a sequence {data[:80]!r}"
+    return ack
+
+
+def drop_status(count: int, markets: set[str], *, window: int, receive_ts_ns: int) -> Status:
+    """The status record that reports `count` records dropped (transport.overflow: drop)."""
+    return Status(
+        market="",
+        receive_ts_ns=receive_ts_ns,
+        event=StatusEvent.DROPPED,
+        connection_id=DROP_CONNECTION_ID,
+        markets=tuple(sorted(markets)),
+        reason=f"{count} records dropped: {window} publishes awaited their NATS ack"
+        " (transport.overflow: drop)",
+    )
+
+
+class AckWindow:
+    """The records published and not yet acked, oldest first, and what happened to them.
+
+    Records are numbered in publish order; `n` is also the suffix of the reply subject their
+    ack comes back on.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pending: dict[int, Entry] = {}  # insertion order == publish order
+        self.next_n = 0
+        self.sent_upto = 0  # every n below this was sent at least once
+        self.acked = 0
+        self.duplicates = 0
+        self.acked_bytes = 0
+        self.acked_by_kind: dict[str, int] = {}
+        self.resent = 0
+        self.dropped = 0
+        self.unreported_drops = 0
+        self.dropped_markets: set[str] = set()
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.capacity
+
+    def add(self, entry: Entry) -> int:
+        n = self.next_n
+        self.next_n = n + 1
+        self.pending[n] = entry
+        return n
+
+    def settle(self, n: int, *, duplicate: bool) -> bool:
+        """Record the ack of `n`; False when it is not pending (an ack of a re-send)."""
+        entry = self.pending.pop(n, None)
+        if entry is None:
+            return False
+        kind = entry[3]
+        self.acked_by_kind[kind] = self.acked_by_kind.get(kind, 0) + 1
+        self.acked += 1
+        self.acked_bytes += len(entry[1])
+        if duplicate:
+            self.duplicates += 1
+        return True
+
+    def unacked_from(self, n: int) -> list[int]:
+        """Pending numbers >= n, in publish order."""
+        return [m for m in self.pending if m >= n]
+
+    def count_drop(self, market: str) -> bool:
+        """Count one dropped record; True when it starts a new run of drops."""
+        first = not self.unreported_drops
+        self.dropped += 1
+        self.unreported_drops += 1
+        if market:
+            self.dropped_markets.add(market)
+        return first
+
+    def take_drops(self) -> tuple[int, set[str]]:
+        """The drops not reported yet (count, markets), now counted as reported."""
+        taken = self.unreported_drops, self.dropped_markets
+        self.unreported_drops, self.dropped_markets = 0, set()
+        return taken
+
+    def stats(self, *, reconnects: int) -> TransportStats:
+        return TransportStats(
+            records_by_kind=dict(self.acked_by_kind),
+            bytes_written=self.acked_bytes,
+            pending=len(self.pending),
+            acked=self.acked,
+            duplicates=self.duplicates,
+            resent=self.resent,
+            dropped=self.dropped,
+            reconnects=reconnects,
+        )
+
+
+class AckWatch:
+    """Notices when the oldest pending record has waited too long (times are injected)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._oldest = -1
+        self._since_s = 0.0
+
+    def reset(self) -> None:
+        self._oldest = -1
+
+    def overdue(self, window: AckWindow, now_s: float) -> bool:
+        """True when the same record has been the oldest pending for timeout_s."""
+        if not window.pending:
+            self._oldest = -1
+            return False
+        oldest = next(iter(window.pending))
+        if oldest != self._oldest:
+            self._oldest, self._since_s = oldest, now_s
+            return False
+        if now_s - self._since_s >= self.timeout_s:
+            self._oldest = -1
+            return True
+        return False

@@ -1,0 +1,721 @@
+"""The NATS JetStream transport against real nats-servers: payloads, subjects and headers,
+dedupe, stream validation, flush, a server crash (block and drop), auth, and a 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.js import api as js_api
+
+from ssmd.config import NatsTransportSettings
+from ssmd.natsserver import ClusterConfig, NatsServer, free_port
+from ssmd.records import (
+    BookDelta,
+    BookSnapshot,
+    Level,
+    Lifecycle,
+    LifecycleScope,
+    Record,
+    Side,
+    Status,
+    StatusEvent,
+    Ticker,
+    Trade,
+    record_kind,
+)
+from ssmd.subjects import SubjectMapper, msg_id_for
+from ssmd.transport import build_transport
+from ssmd.transport.nats import (
+    LinkState,
+    NatsConnectError,
+    NatsTransport,
+    NatsTransportError,
+    NoJetStream,
+    StreamMismatch,
+    StreamMissing,
+    connect_nats,
+)
+from ssmd.transport.nats_core import AckWatch, AckWindow, PubAck, parse_pub_ack
+
+pytestmark = pytest.mark.integration
+
+ENV = "test"
+PREFIX = "ssmd.test.kalshi"
+STREAM = "SSMD_TEST_KALSHI"
+TS = 1_763_744_000_000_000_000
+MARKETS = ("KXSIMBTC-26NOV21-T97499.99", "KXA-26NOV21-T3.5", "KXB-26NOV21")
+
+
+def nats_settings(servers: list[str], **changes: Any) -> NatsTransportSettings:
+    data: dict[str, Any] = {
+        "kind": "nats",
+        "servers": servers,
+        "ack_timeout_s": 2,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.3,
+    }
+    data.update(changes)
+    return NatsTransportSettings.model_validate(data).resolved(ENV)
+
+
+def trade(n: int, market: str = MARKETS[0]) -> Trade:
+    return Trade(
+        market=market,
+        exchange_ts_ns=TS + n,
+        receive_ts_ns=TS + n + 500,
+        sid=3,
+        seq=n,
+        trade_id=f"trade-{n:08d}",
+        yes_price_e4=3600,
+        no_price_e4=6400,
+        size_e2=13600,
+        taker_side=Side.NO,
+    )
+
+
+def one_of_each_kind() -> list[Record]:
+    market = MARKETS[0]
+    return [
+        BookSnapshot(
+            market=market,
+            receive_ts_ns=TS + 1,
+            sid=1,
+            seq=1,
+            yes_bids=(Level(price_e4=4700, size_e2=100), Level(price_e4=4800, size_e2=250)),
+            no_bids=(Level(price_e4=5100, size_e2=300),),
+        ),
+        BookDelta(
+            market=market,
+            exchange_ts_ns=TS,
+            receive_ts_ns=TS + 2,
+            sid=1,
+            seq=2,
+            side=Side.NO,
+            price_e4=5100,
+            delta_e2=-300,
+        ),
+        Ticker(
+            market=MARKETS[1],
+            exchange_ts_ns=TS,
+            receive_ts_ns=TS + 3,
+            sid=2,
+            seq=1,
+            last_price_e4=4800,
+            yes_bid_e4=4700,
+            yes_ask_e4=4900,
+            volume_e2=123_400,
+        ),
+        trade(1, MARKETS[2]),
+        Lifecycle(
+            market=market,
+            exchange_ts_ns=TS,
+            receive_ts_ns=TS + 4,
+            sid=4,
+            seq=1,
+            scope=LifecycleScope.MARKET,
+            event_type="created",
+            title="Bitcoin above 97,499.99?",
+            custom_strike={"Underlying": "BTC"},
+        ),
+        Status(
+            market="",
+            receive_ts_ns=TS + 5,
+            event=StatusEvent.GAP,
+            connection_id="c1",
+            channel="orderbook_delta",
+            expected_seq=3,
+            received_seq=5,
+            markets=(market,),
+        ),
+    ]
+
+
+@dataclass
+class Stored:
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+async def read_stream(url: str, stream: str = STREAM) -> list[Stored]:
+    """Every message in the stream, in stream order (an ephemeral pull consumer)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=1)  # API calls: short, so callers can retry quickly
+        total = (await js.stream_info(stream)).state.messages
+        config = js_api.ConsumerConfig(
+            ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL
+        )
+        sub = await js.pull_subscribe(f"{PREFIX}.>", stream=stream, config=config)
+        stored: list[Stored] = []
+        while len(stored) < total:
+            for msg in await sub.fetch(batch=min(1000, total - len(stored)), timeout=5):
+                stored.append(
+                    Stored(
+                        msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}), msg.data
+                    )
+                )
+        return stored
+    finally:
+        await nc.close()
+
+
+def decode_json(stored: list[Stored]) -> list[Record]:
+    decoder = msgspec.json.Decoder(Record)
+    return [decoder.decode(message.data) for message in stored]
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def transport_factory() -> AsyncIterator[Callable[..., Awaitable[NatsTransport]]]:
+    """Starts transports and closes whatever a test left open."""
+    made: list[NatsTransport] = []
+
+    async def make(settings: NatsTransportSettings, **kwargs: Any) -> NatsTransport:
+        transport = NatsTransport(settings, **kwargs)
+        made.append(transport)
+        await transport.start()
+        return transport
+
+    yield make
+    for transport in made:  # a failed test may leave records unacked: do not wait forever
+        with contextlib.suppress(TimeoutError, NatsTransportError):
+            await asyncio.wait_for(transport.close(), 5)
+
+
+# -- the pure core ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "expected"),
+    [
+        (b'{"stream":"S","seq":7}', None, PubAck(stream="S", seq=7)),
+        (b'{"stream":"S","seq":7,"duplicate":true}', None, PubAck("S", 7, duplicate=True)),
+        (b'{"stream":"S","domain":"hub","seq":1}', None, PubAck(stream="S", seq=1)),
+        (b"", {"Status": "503"}, "no stream takes the subject (503 no responders)"),
+        (
+            b"",
+            {"Status": "408", "Description": "Request Timeout\nX: y"},
+            "status 408 Request Timeout",
+        ),
+        (
+            b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}',
+            None,
+            "maximum messages exceeded (code 503)",
+        ),
+        (b"garbage", None, "unreadable ack b'garbage'"),
+        (b'{"stream":"S"}', None, 'ack without a sequence b\'{"stream":"S"}\''),
+    ],
+)
+def test_parse_pub_ack(data: bytes, headers: dict[str, str] | None, expected: object) -> None:
+    assert parse_pub_ack(data, headers) == expected
+
+
+def test_ack_window_settles_in_any_order_and_counts() -> None:
+    window = AckWindow(capacity=3)
+    numbers = [window.add((f"s.{k}", b"x" * k, {}, kind)) for k, kind in enumerate("aab", 1)]
+    assert numbers == [0, 1, 2]
+    assert window.full
+    assert window.settle(1, duplicate=False)
+    assert not window.settle(1, duplicate=False)  # the ack of a re-send
+    assert window.unacked_from(0) == [0, 2]
+    assert window.unacked_from(1) == [2]
+    assert window.settle(0, duplicate=True)
+    stats = window.stats(reconnects=2)
+    assert stats.records_by_kind == {"a": 2}
+    assert (stats.acked, stats.duplicates, stats.pending, stats.bytes_written) == (2, 1, 1, 3)
+    assert stats.reconnects == 2
+
+
+def test_ack_window_drop_runs() -> None:
+    window = AckWindow(capacity=1)
+    assert window.count_drop("M1")
+    assert not window.count_drop("M2")
+    assert not window.count_drop("")
+    assert window.take_drops() == (3, {"M1", "M2"})
+    assert window.take_drops() == (0, set())
+    assert window.count_drop("M1")  # a new run
+    assert window.dropped == 4
+
+
+def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
+    window = AckWindow(capacity=10)
+    watch = AckWatch(timeout_s=5)
+    assert not watch.overdue(window, 0.0)  # nothing pending
+    window.add(("s", b"", {}, "k"))
+    window.add(("s", b"", {}, "k"))
+    assert not watch.overdue(window, 100.0)  # first seen now
+    assert not watch.overdue(window, 104.9)
+    window.settle(0, duplicate=False)  # progress: the oldest changed
+    assert not watch.overdue(window, 106.0)
+    assert not watch.overdue(window, 110.0)
+    assert watch.overdue(window, 111.0)
+    assert not watch.overdue(window, 111.5)  # re-armed after firing
+
+
+# -- publishing --------------------------------------------------------------------------------
+
+
+async def test_every_kind_is_stored_with_subject_headers_and_order(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url]))
+    records = one_of_each_kind() + [trade(n, MARKETS[n % 3]) for n in range(2, 50)]
+    for record in records:
+        await transport.publish(record)
+    await transport.close()
+
+    stored = await read_stream(nats_server.url)
+    assert decode_json(stored) == records  # same records, same order
+    mapper = SubjectMapper(PREFIX)
+    for message, record in zip(stored, records, strict=True):
+        assert message.subject == mapper.subject_for(record)
+        assert message.headers["Nats-Msg-Id"] == msg_id_for(record)
+        assert message.headers["Ssmd-Kind"] == record_kind(record)
+        assert message.headers["Content-Type"] == "application/json"
+        if record.market:
+            assert message.headers["Ssmd-Market"] == record.market
+    assert stored[0].subject == f"{PREFIX}.book_snapshot.KXSIMBTC-26NOV21-T97499%2E99"
+    assert stored[5].subject == f"{PREFIX}.status"
+    stats = transport.stats()
+    assert stats.records == len(records)
+    assert stats.records_by_kind["trade"] == 49
+    assert stats.records_by_kind["status"] == 1
+    assert (stats.acked, stats.pending, stats.duplicates, stats.dropped) == (len(records), 0, 0, 0)
+
+
+async def test_msgpack_payload(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url], payload="msgpack"))
+    records = one_of_each_kind()
+    for record in records:
+        await transport.publish(record)
+    await transport.close()
+    stored = await read_stream(nats_server.url)
+    decoder = msgspec.msgpack.Decoder(Record)
+    assert [decoder.decode(message.data) for message in stored] == records
+    assert {message.headers["Content-Type"] for message in stored} == {"application/msgpack"}
+
+
+async def test_the_same_trade_twice_is_stored_once(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url]))
+    await transport.publish(trade(1))
+    await transport.publish(trade(2))
+    # The same exchange trade again (e.g. received by a second connection): same Msg-Id.
+    await transport.publish(msgspec.structs.replace(trade(1), receive_ts_ns=TS + 9, sid=7))
+    await transport.flush()
+    stats = transport.stats()
+    assert (stats.acked, stats.duplicates) == (3, 1)
+    await transport.close()
+    assert [r.trade_id for r in decode_json(await read_stream(nats_server.url))] == [  # type: ignore[union-attr]
+        "trade-00000001",
+        "trade-00000002",
+    ]
+
+
+async def test_flush_returns_after_every_ack(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url], max_pending_acks=256))
+    for n in range(1000):
+        await transport.publish(trade(n))
+    await transport.flush()
+    assert transport.stats().pending == 0
+    nc = await nats.connect(nats_server.url)
+    try:
+        info = await nc.jetstream().stream_info(STREAM)
+    finally:
+        await nc.close()
+    assert info.state.messages == 1000
+    assert info.config.subjects == [f"{PREFIX}.>"]
+    assert info.config.duplicate_window == 120
+    assert info.config.storage == js_api.StorageType.FILE
+
+
+async def test_build_transport_makes_a_nats_transport_with_server_override(
+    nats_server: NatsServer,
+) -> None:
+    settings = nats_settings(["nats://127.0.0.1:1"])  # unused: overridden below
+    transport = build_transport(settings, nats_servers=[nats_server.url])
+    assert isinstance(transport, NatsTransport)
+    await transport.start()
+    assert transport.server == nats_server.url
+    await transport.publish(trade(1))
+    await transport.close()
+    await transport.close()  # idempotent
+    assert len(await read_stream(nats_server.url)) == 1
+    with pytest.raises(NatsTransportError, match="closed"):
+        await transport.publish(trade(2))
+
+
+async def test_connect_nats_uses_the_settings_and_lets_callers_override(
+    nats_server: NatsServer,
+) -> None:
+    settings = nats_settings(["nats://127.0.0.1:1"])
+    nc = await connect_nats(settings, servers=[nats_server.url])
+    try:
+        assert nc.is_connected
+        assert nc.options["name"] == "ssmd-test"
+    finally:
+        await nc.close()
+    nc = await connect_nats(settings, servers=[nats_server.url], name="ssmd-tail")
+    try:
+        assert nc.options["name"] == "ssmd-tail"
+    finally:
+        await nc.close()
+
+
+# -- refusing to start -------------------------------------------------------------------------
+
+
+async def test_a_stream_that_does_not_cover_our_subjects_is_refused(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name=STREAM, subjects=["ssmd.test.kalshi.trade.>"])
+    finally:
+        await nc.close()
+    transport = NatsTransport(nats_settings([nats_server.url]))
+    with pytest.raises(StreamMismatch) as info:
+        await transport.start()
+    error = info.value
+    assert error.stream == STREAM
+    assert error.stream_subjects == ["ssmd.test.kalshi.trade.>"]
+    assert error.ours == f"{PREFIX}.>"
+    assert error.server == nats_server.url
+    message = str(error)
+    assert "ssmd.test.kalshi.trade.>" in message
+    assert f"add `{PREFIX}.>` to the stream's subjects" in message
+    assert "transport.subject_prefix" in message
+
+
+async def test_a_covering_stream_made_by_someone_else_is_used(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name=STREAM, subjects=["other.>", "ssmd.>"])
+    finally:
+        await nc.close()
+    transport = NatsTransport(nats_settings([nats_server.url], stream={"create": False}))
+    await transport.start()
+    await transport.publish(trade(1))
+    await transport.close()
+    assert len(await read_stream(nats_server.url)) == 1
+
+
+async def test_create_false_without_the_stream_is_refused(nats_server: NatsServer) -> None:
+    transport = NatsTransport(nats_settings([nats_server.url], stream={"create": False}))
+    with pytest.raises(StreamMissing) as info:
+        await transport.start()
+    assert info.value.stream == STREAM
+    assert "create: true" in info.value.fix
+    assert f"[{PREFIX}.>]" in info.value.fix
+
+
+async def test_no_server_listening_is_a_connect_error() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    transport = NatsTransport(nats_settings([url]))
+    with pytest.raises(NatsConnectError) as info:
+        await transport.start()
+    assert url in str(info.value)
+
+
+class FlaggedNatsServer(NatsServer):
+    """A real nats-server with extra command-line flags (auth), or without JetStream."""
+
+    def __init__(self, store_dir: Path, *, extra: list[str], jetstream: bool = True) -> None:
+        super().__init__(store_dir)
+        self.extra = extra
+        self.jetstream = jetstream
+
+    def _command(self) -> list[str]:
+        command = [arg for arg in super()._command() if self.jetstream or arg != "-js"]
+        return command + self.extra
+
+
+async def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
+    async with FlaggedNatsServer(tmp_path / "nats", extra=[], jetstream=False) as server:
+        transport = NatsTransport(nats_settings([server.url]))
+        with pytest.raises(NoJetStream) as info:
+            await transport.start()
+    assert "-js" in info.value.fix
+
+
+async def test_user_and_password_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = ["--user", "ssmd", "--pass", "pw-right"]
+    async with FlaggedNatsServer(tmp_path / "nats", extra=extra) as server:
+        settings = nats_settings([server.url], user="ssmd", password_env="SSMD_TEST_NATS_PW")
+        monkeypatch.setenv("SSMD_TEST_NATS_PW", "pw-wrong")
+        with pytest.raises(NatsConnectError) as info:
+            await NatsTransport(settings).start()
+        assert "pw-wrong" not in str(info.value)
+        monkeypatch.setenv("SSMD_TEST_NATS_PW", "pw-right")
+        transport = NatsTransport(settings)
+        await transport.start()
+        await transport.publish(trade(1))
+        await transport.close()
+        assert transport.stats().acked == 1
+
+
+# -- a server crash ----------------------------------------------------------------------------
+
+
+async def test_kill_and_restart_keeps_every_record_once_in_order(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    window = 64
+    transport = await transport_factory(nats_settings([nats_server.url], max_pending_acks=window))
+    records = [trade(n, MARKETS[n % 3]) for n in range(3000)]
+    returned = 0
+    halfway = asyncio.Event()
+
+    async def publish_all() -> None:
+        nonlocal returned
+        for record in records:
+            await transport.publish(record)
+            returned += 1
+            if returned == 1000:
+                halfway.set()
+
+    publisher = asyncio.create_task(publish_all())
+    await halfway.wait()
+    await nats_server.kill()
+    # The window fills with unacked records, then publish() holds the producer back.
+    await wait_until(lambda: transport.stats().pending == window, 10, "a full window")
+    returned_while_down = returned
+    await asyncio.sleep(0.3)  # the outage goes on
+    assert not publisher.done()
+    assert returned == returned_while_down < len(records)
+
+    await nats_server.restart()
+    await asyncio.wait_for(publisher, 30)
+    await transport.close()
+
+    stats = transport.stats()
+    assert stats.reconnects >= 1
+    assert stats.resent >= 1
+    assert stats.acked == len(records)
+    stored = await read_stream(nats_server.url)
+    assert decode_json(stored) == records  # each record exactly once, in publish order
+    assert [message.seq for message in stored] == list(range(1, len(records) + 1))
+
+
+async def test_overflow_drop_counts_and_reports_the_drops(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    window = 32
+    settings = nats_settings([nats_server.url], max_pending_acks=window, overflow="drop")
+    transport = await transport_factory(settings, clock_ns=lambda: TS + 77)
+    before = [trade(n) for n in range(10)]
+    for record in before:
+        await transport.publish(record)
+    await transport.flush()
+
+    await nats_server.kill()
+    during = [trade(n, MARKETS[n % 2]) for n in range(10, 110)]
+    for record in during:  # never blocks: beyond the window, records are dropped
+        await transport.publish(record)
+    stats = transport.stats()
+    assert (stats.pending, stats.dropped) == (window, 100 - window)
+
+    await nats_server.restart()
+    await transport.close()
+
+    records = decode_json(await read_stream(nats_server.url))
+    assert records[: 10 + window] == before + during[:window]
+    assert len(records) == 10 + window + 1
+    status = records[-1]
+    assert isinstance(status, Status)
+    assert status.event is StatusEvent.DROPPED
+    assert status.connection_id == "transport"
+    assert status.receive_ts_ns == TS + 77
+    assert f"{100 - window} records dropped" in status.reason
+    assert status.markets == tuple(sorted(MARKETS[:2]))
+    assert transport.stats().dropped == 100 - window
+
+
+class FreezableProxy:
+    """A TCP forwarder to nats-server that can stop passing bytes without closing anything:
+    a half-open connection, as after a network partition."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+async def test_an_ack_timeout_on_a_frozen_connection_reconnects_and_resends(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    async with FreezableProxy(nats_server.port) as proxy:
+        settings = nats_settings([proxy.url], ack_timeout_s=0.5, max_pending_acks=50)
+        transport = await transport_factory(settings)
+        records = [trade(n) for n in range(300)]
+        for record in records[:100]:
+            await transport.publish(record)
+        proxy.flowing.clear()  # nothing passes any more, and nothing is closed either
+        publisher = asyncio.create_task(publish_each(transport, records[100:]))
+        await wait_until(lambda: transport.state is LinkState.DOWN, 10, "the ack timeout")
+        assert not publisher.done()
+        proxy.flowing.set()
+        await asyncio.wait_for(publisher, 30)
+        await transport.close()
+    stats = transport.stats()
+    assert stats.reconnects >= 1
+    assert stats.resent >= 1
+    assert decode_json(await read_stream(nats_server.url)) == records
+
+
+async def publish_each(transport: NatsTransport, records: list[Trade]) -> None:
+    for record in records:
+        await transport.publish(record)
+
+
+async def test_a_deleted_stream_is_created_again_and_the_window_resent(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url]))
+    for n in range(10):
+        await transport.publish(trade(n))
+    await transport.flush()
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream(STREAM)
+    finally:
+        await nc.close()
+    # JetStream answers "no responders" for a subject no stream takes: an error ack.
+    after = [trade(n) for n in range(10, 30)]
+    for record in after:
+        await transport.publish(record)
+    await transport.close()
+    assert transport.stats().reconnects >= 1
+    assert decode_json(await read_stream(nats_server.url)) == after
+
+
+# -- a three-node cluster ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[NatsServer]]:
+    route_ports = [free_port() for _ in range(3)]
+    routes = [f"nats://127.0.0.1:{port}" for port in route_ports]
+    nodes = [
+        NatsServer(
+            tmp_path / f"n{i + 1}",
+            server_name=f"n{i + 1}",
+            cluster=ClusterConfig(
+                name="ssmd-test", port=route_ports[i], routes=routes[:i] + routes[i + 1 :]
+            ),
+            ready_timeout_s=30,
+        )
+        for i in range(3)
+    ]
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        yield nodes
+    finally:
+        await asyncio.gather(*(node.stop() for node in nodes))
+
+
+async def start_when_the_cluster_is_ready(transport: NatsTransport, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await transport.start()
+            return
+        except NatsTransportError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def read_stream_when_ready(url: str, timeout_s: float) -> list[Stored]:
+    """read_stream, retried while the cluster elects new leaders after a node loss."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await read_stream(url)
+        except (nats.errors.TimeoutError, nats.js.errors.APIError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def test_cluster_node_loss_loses_and_duplicates_nothing(cluster: list[NatsServer]) -> None:
+    urls = [node.url for node in cluster]
+    settings = nats_settings(urls, max_pending_acks=128, stream={"replicas": 3})
+    transport = NatsTransport(settings)
+    await start_when_the_cluster_is_ready(transport, 30)
+    records = [trade(n, MARKETS[n % 3]) for n in range(2000)]
+    halfway = asyncio.Event()
+
+    async def publish_all() -> None:
+        for n, record in enumerate(records):
+            await transport.publish(record)
+            if n == 700:
+                halfway.set()
+
+    publisher = asyncio.create_task(publish_all())
+    await halfway.wait()
+    connected = next(node for node in cluster if node.url == transport.server)
+    await connected.kill()
+    await asyncio.wait_for(publisher, 60)
+    await asyncio.wait_for(transport.close(), 60)
+    assert transport.stats().reconnects >= 1
+
+    survivor = next(node for node in cluster if node.running)
+    stored = decode_json(await read_stream_when_ready(survivor.url, 30))
+    ids = [record.trade_id for record in stored]  # type: ignore[union-attr]
+    assert len(ids) == len(set(ids)), "a record is stored twice"
+    assert sorted(ids) == sorted(record.trade_id for record in records), "a record is missing"
+    # We lost our own node: what it had passed on is a prefix, the re-sends follow in order.
+    assert ids == [record.trade_id for record in records]
