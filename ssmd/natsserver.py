@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +69,8 @@ class ClusterConfig:
 
 
 class NatsServer:
-    """One nats-server process with JetStream. `port=0` lets the server pick (`-p -1`)."""
+    """One nats-server process, JetStream on unless `jetstream=False`; `port=0` lets the server
+    pick (`-p -1`); `extra_args` go to the command line as they are (e.g. auth flags)."""
 
     def __init__(
         self,
@@ -78,6 +80,8 @@ class NatsServer:
         port: int = 0,
         server_name: str | None = None,
         cluster: ClusterConfig | None = None,
+        jetstream: bool = True,
+        extra_args: Sequence[str] = (),
         ready_timeout_s: float = 15.0,
     ) -> None:
         self.store_dir = store_dir
@@ -85,6 +89,8 @@ class NatsServer:
         self.port = port
         self.server_name = server_name
         self.cluster = cluster
+        self.jetstream = jetstream
+        self.extra_args = tuple(extra_args)
         self.ready_timeout_s = ready_timeout_s
         self.log_path = store_dir / "nats-server.log"
         self._process: asyncio.subprocess.Process | None = None
@@ -104,12 +110,11 @@ class NatsServer:
             self.host,
             "-p",
             str(self.port or -1),
-            "-js",
-            "-sd",
-            str(self.store_dir / "jetstream"),
             "-l",
             str(self.log_path),
         ]
+        if self.jetstream:
+            command += ["-js", "-sd", str(self.store_dir / "jetstream")]
         if self.server_name:
             command += ["-n", self.server_name]
         if self.cluster is not None:
@@ -121,7 +126,7 @@ class NatsServer:
             ]
             if self.cluster.routes:
                 command += ["--routes", ",".join(self.cluster.routes)]
-        return command
+        return command + list(self.extra_args)
 
     async def start(self) -> None:
         """Start the process and return once its log says it is ready (and on which port)."""

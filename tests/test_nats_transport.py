@@ -441,21 +441,8 @@ async def test_no_server_listening_is_a_connect_error() -> None:
     assert url in str(info.value)
 
 
-class FlaggedNatsServer(NatsServer):
-    """A real nats-server with extra command-line flags (auth), or without JetStream."""
-
-    def __init__(self, store_dir: Path, *, extra: list[str], jetstream: bool = True) -> None:
-        super().__init__(store_dir)
-        self.extra = extra
-        self.jetstream = jetstream
-
-    def _command(self) -> list[str]:
-        command = [arg for arg in super()._command() if self.jetstream or arg != "-js"]
-        return command + self.extra
-
-
 async def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
-    async with FlaggedNatsServer(tmp_path / "nats", extra=[], jetstream=False) as server:
+    async with NatsServer(tmp_path / "nats", jetstream=False) as server:
         transport = NatsTransport(nats_settings([server.url]))
         with pytest.raises(NoJetStream) as info:
             await transport.start()
@@ -464,7 +451,7 @@ async def test_a_server_without_jetstream_is_refused(tmp_path: Path) -> None:
 
 async def test_user_and_password_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra = ["--user", "ssmd", "--pass", "pw-right"]
-    async with FlaggedNatsServer(tmp_path / "nats", extra=extra) as server:
+    async with NatsServer(tmp_path / "nats", extra_args=extra) as server:
         settings = nats_settings([server.url], user="ssmd", password_env="SSMD_TEST_NATS_PW")
         monkeypatch.setenv("SSMD_TEST_NATS_PW", "pw-wrong")
         with pytest.raises(NatsConnectError) as info:
