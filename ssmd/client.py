@@ -39,6 +39,7 @@ from ssmd.session_events import (
 _MALFORMED_LOG_FIRST = 20
 _MALFORMED_LOG_EVERY = 1000
 _MAX_FRAME_BYTES = 16 * 1024 * 1024
+_TICK_S = 0.5
 
 
 class KalshiClient:
@@ -84,10 +85,12 @@ class KalshiClient:
             for command in self.session.commands_to_send():
                 await ws.send(command, text=True)
             closer = asyncio.create_task(self._close_on(stop, ws), name="client-closer")
+            ticker = asyncio.create_task(self._tick(ws), name="client-ticker")
             try:
                 await self._pump(ws)
             finally:
                 closer.cancel()
+                ticker.cancel()
         if stop.is_set():
             reason = "shutdown"
         elif self._reconnect_reason is not None:
@@ -137,6 +140,29 @@ class KalshiClient:
         # still delivered to _pump, so nothing already sent to us is lost.
         await ws.close()
 
+    async def _tick(self, ws: ClientConnection) -> None:
+        """Give the session the time when no frame does (repair deadlines, §4.3)."""
+        session = self.session
+        while True:
+            await asyncio.sleep(_TICK_S)
+            session.poll(self._clock_ns())
+            await self._after_frame(ws)
+            if self._reconnect_reason is not None:
+                await ws.close(code=1000, reason="resync")
+                return
+
+    async def _after_frame(self, ws: ClientConnection) -> None:
+        """Handle what the session produced: events first, then the commands it wants sent."""
+        session = self.session
+        if session.has_events:
+            for event in session.events_to_handle():
+                await self._handle(event)
+        if session.has_commands:
+            for command in session.commands_to_send():
+                if self._command_delay_s:
+                    await asyncio.sleep(self._command_delay_s)
+                await ws.send(command, text=True)
+
     async def _pump(self, ws: ClientConnection) -> None:
         session = self.session
         sink = self._sink
@@ -152,14 +178,8 @@ class KalshiClient:
                     await sink.put(record)
                 else:
                     sink.put_nowait(record)
-            if session.has_events:
-                for event in session.events_to_handle():
-                    await self._handle(event)
-            if session.has_commands:
-                for command in session.commands_to_send():
-                    if self._command_delay_s:
-                        await asyncio.sleep(self._command_delay_s)
-                    await ws.send(command, text=True)
+            if session.has_events or session.has_commands:
+                await self._after_frame(ws)
             if self._reconnect_reason is not None:
                 await ws.close(code=1000, reason="resync")
                 return

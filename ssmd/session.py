@@ -218,12 +218,17 @@ class KalshiSession:
 
     # -- frames -------------------------------------------------------------------------------
 
+    def poll(self, now_ns: int) -> None:
+        """Let time pass without a frame: repairs past their deadline escalate. The driver calls
+        this on a timer, so an exchange that ignores a repair and goes quiet is still caught."""
+        deadline_ns = self._repairs.next_deadline_ns
+        if deadline_ns is not None and now_ns > deadline_ns:
+            self._repairs.escalate_overdue(now_ns)
+
     def receive_frame(self, data: bytes | str, receive_ts_ns: int) -> Record | None:
         """Process one text frame; return its normalized record, if it is a data frame."""
         self.stats.frames_received += 1
-        deadline_ns = self._repairs.next_deadline_ns
-        if deadline_ns is not None and receive_ts_ns > deadline_ns:
-            self._repairs.escalate_overdue(receive_ts_ns)
+        self.poll(receive_ts_ns)
         try:
             frame = self._decoder.decode(data)
         except FrameDecodeError as exc:

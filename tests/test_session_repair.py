@@ -246,3 +246,15 @@ def test_recent_ids_forget_the_oldest_beyond_capacity() -> None:
     assert "a" not in recent
     assert "b" in recent
     assert "c" in recent
+
+
+def test_poll_escalates_an_ignored_repair_when_no_frame_arrives() -> None:
+    session = broken_book_session()
+    session.events_to_handle()
+    commands(session)
+    session.poll(5 * S)  # within the 10 s deadline: nothing happens
+    assert not session.has_events
+    session.poll(13 * S)
+    (started,) = of_type(session.events_to_handle(), RepairStarted)
+    assert started.method is RepairMethod.RESUBSCRIBE
+    assert commands(session)[0]["cmd"] == "unsubscribe"
