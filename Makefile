@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test check lint format typecheck clean
+.PHONY: setup run test check lint format typecheck soak clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ typecheck: setup
 	$(BIN)/mypy ssmd
 
 check: lint typecheck test
+
+# The chaos suite for longer, with a random seed (not in CI): SSMD_CHAOS_SECONDS, SSMD_CHAOS_SEED
+# and SSMD_CHAOS_FAULT_RATE override. The figures are printed at the end.
+soak: setup
+	SSMD_CHAOS_SECONDS=$${SSMD_CHAOS_SECONDS:-600} SSMD_CHAOS_SEED=$${SSMD_CHAOS_SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')} \
+		$(BIN)/python -m pytest -s -q tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -71,11 +72,25 @@ async def open_exchange(settings: Settings) -> Exchange:
         seed=sim_config.seed,
         # The in-process simulator serves a long-running stack: keep no send log.
         keep_sent=False,
+        backpressure=sim_config.backpressure,
+        random_faults=sim_config.faults,
     )
     await simulator.start()
     markets = tuple(settings.subscription.markets) or tuple(simulator.markets)
     return Exchange(
         url=simulator.url, credentials=credentials, markets=markets, simulator=simulator
+    )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The exchange reconnect policy of `exchange.reconnect`, with its own RNG for the jitter."""
+    reconnect = settings.exchange.reconnect
+    return RetryPolicy(
+        base_s=reconnect.base_s,
+        cap_s=reconnect.cap_s,
+        healthy_after_s=reconnect.healthy_after_s,
+        max_auth_retries=reconnect.max_auth_retries,
+        rng=random.Random(),
     )
 
 
@@ -169,10 +184,16 @@ class Connector:
                 use_yes_price=self.settings.subscription.use_yes_price,
                 open_timeout_s=self.settings.exchange.open_timeout_s,
                 ping_interval_s=self.settings.exchange.ping_interval_s,
+                repair_timeout_s=self.settings.exchange.repair_timeout_s,
             )
-            rest = KalshiRest(rest_base_url(exchange.url), exchange.credentials)
+            rest_url = self.settings.exchange.rest_url or rest_base_url(exchange.url)
+            rest = KalshiRest(rest_url, exchange.credentials)
             self.supervisor = ConnectionSupervisor(
-                plan, sink=self._queue, policy=RetryPolicy(), rest=rest, clock_ns=self._clock_ns
+                plan,
+                sink=self._queue,
+                policy=retry_policy(self.settings),
+                rest=rest,
+                clock_ns=self._clock_ns,
             )
             log.info(
                 "connector.started",

@@ -1,0 +1,299 @@
+"""The environment schema (pydantic v2): Settings and its non-transport sections (exchange,
+reconnect, simulator, credentials, subscription, file transport, runtime, log), plus
+resolve_credentials() and describe(). NATS transport settings live in nats.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from ssmd.auth import Credentials, load_private_key_env, load_private_key_file
+from ssmd.config.fields import (
+    ENV_NAME,
+    CwdPath,
+    FaultKinds,
+    FaultSpec,
+    Section,
+    drop_null_sections,
+    rule,
+)
+from ssmd.config.nats import NatsTransportSettings
+from ssmd.errors import ConfigError
+from ssmd.exchange.outbound import BackpressurePolicy
+from ssmd.exchange.schedule import ALL_KINDS
+from ssmd.logs import LogFormat, LogLevel
+from ssmd.messages import Channel
+from ssmd.rest import REST_PATH
+
+INLINE_SECRET_FIX = (
+    "never put secrets in configuration files: give credentials.private_key_file (path to the"
+    " PEM file) or credentials.private_key_env (name of an environment variable holding the PEM)"
+)
+
+
+class SimulatorSettings(Section):
+    """Run the local exchange simulator in-process instead of connecting to Kalshi."""
+
+    markets: int = Field(default=20, ge=1)
+    rate_hz: float = Field(default=200.0, ge=0)  # 0 = as fast as possible
+    seed: int = 1
+    fault_kinds: FaultKinds = ALL_KINDS  # what `faults` draws from
+    faults: FaultSpec = None  # None: a well-behaved exchange
+    backpressure: BackpressurePolicy = BackpressurePolicy.BLOCK  # OVERFLOW: error 25 (§3)
+
+
+class ReconnectSettings(Section):
+    """When to reconnect to the exchange (ssmd.retry.RetryPolicy): full-jitter backoff,
+    uniform(0, min(cap_s, base_s * 2^attempt)), reset by a connection older than
+    healthy_after_s; 401s after a good connection are retried max_auth_retries times."""
+
+    base_s: float = Field(default=0.5, gt=0)
+    cap_s: float = Field(default=30.0, gt=0)
+    healthy_after_s: float = Field(default=60.0, gt=0)
+    max_auth_retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> ReconnectSettings:
+        if self.cap_s < self.base_s:
+            fix = f"use a number >= base_s ({self.base_s})"
+            raise rule("is below base_s", field="cap_s", fix=fix)
+        return self
+
+
+class ExchangeSettings(Section):
+    ws_url: str | None = None
+    rest_url: str | None = None  # None: ssmd.rest.rest_base_url(ws_url), or the simulator's
+    simulator: SimulatorSettings | None = None
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    ping_interval_s: float = Field(default=10.0, gt=0)
+    repair_timeout_s: float = Field(default=10.0, gt=0)  # each book-repair step (§4.3)
+    reconnect: ReconnectSettings = ReconnectSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_take_defaults(cls, data: object) -> object:
+        return drop_null_sections(data, ("reconnect",))  # a null simulator means "none"
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise rule(
+                "ws_url must be a ws:// or wss:// URL",
+                fix="e.g. wss://external-api-ws.kalshi.com/trade-api/ws/v2 (PROTOCOL.md §1)",
+            )
+        return value
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        fix = (
+            f"e.g. https://external-api.kalshi.com{REST_PATH} (PROTOCOL.md §1, §9), or null to"
+            " derive it from ws_url"
+        )
+        if "@" in parts.netloc:
+            raise rule("credentials in rest_url", fix="REST calls are signed: " + fix)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+            or not parts.path.rstrip("/").endswith(REST_PATH)
+        ):
+            # §2.2: the signed path starts at the API root, so the base must include it.
+            raise rule(f"rest_url must be an http(s):// URL ending in {REST_PATH}", fix=fix)
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ExchangeSettings:
+        if (self.ws_url is None) == (self.simulator is None):
+            state = "both are set" if self.ws_url else "neither is set"
+            raise rule(
+                f"set exactly one of ws_url (Kalshi) or simulator (local) ({state})",
+                field="simulator" if self.ws_url else "ws_url",
+                fix="ws_url: wss://external-api-ws.kalshi.com/trade-api/ws/v2, or simulator: {}",
+            )
+        if self.simulator is not None and self.rest_url is not None:
+            raise rule(
+                "rest_url is for a real exchange: the in-process simulator serves REST itself",
+                field="rest_url",
+                fix="remove exchange.rest_url (or set it to null)",
+            )
+        return self
+
+
+class CredentialsSettings(Section):
+    """Where the API key id and the RSA private key come from (never the secrets themselves)."""
+
+    key_id: str | None = Field(default=None, min_length=1)
+    key_id_env: str | None = None
+    private_key_file: CwdPath | None = None
+    private_key_env: str | None = None
+
+    @field_validator("key_id_env", "private_key_env")
+    @classmethod
+    def _env_var_name(cls, value: str | None) -> str | None:
+        if value is not None and ENV_NAME.fullmatch(value) is None:
+            raise rule(
+                "not an environment variable name",
+                fix="give the NAME of the variable (letters, digits, _), e.g. KALSHI_PRIVATE_KEY,"
+                " not its value",
+            )
+        return value
+
+    @field_validator("private_key_file", mode="before")
+    @classmethod
+    def _not_inline_pem(cls, value: object) -> object:
+        if isinstance(value, str) and ("-----BEGIN" in value or "\n" in value):
+            raise rule("looks like an inline PEM key, not a path", fix=INLINE_SECRET_FIX)
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_each(self) -> CredentialsSettings:
+        pairs = (("key_id", "key_id_env"), ("private_key_file", "private_key_env"))
+        for first, second in pairs:
+            has_first = getattr(self, first) is not None
+            has_second = getattr(self, second) is not None
+            if has_first == has_second:
+                state = "both are set" if has_first else "neither is set"
+                raise rule(
+                    f"set exactly one of {first} or {second} ({state})",
+                    field=second if has_first else first,
+                    fix=f"keep exactly one of credentials.{first} / credentials.{second}",
+                )
+        return self
+
+
+class SubscriptionSettings(Section):
+    channels: tuple[Channel, ...] = Field(default=tuple(Channel), min_length=1)
+    markets: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    use_yes_price: bool = True  # sent explicitly on every orderbook subscribe (§7.1.4)
+
+    @field_validator("channels", "markets")
+    @classmethod
+    def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        seen: set[Any] = set()
+        for index, value in enumerate(values):
+            if value in seen:
+                raise rule("listed twice", field=str(index), fix="remove the duplicate list entry")
+            seen.add(value)
+        return values
+
+
+class FileTransportSettings(Section):
+    kind: Literal["file"] = "file"
+    dir: CwdPath = Path("var/records")
+    rotate_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    rotate_interval_s: float = Field(default=3600.0, gt=0)
+
+
+# A discriminated union on `kind`.
+TransportSettings = Annotated[
+    Union[FileTransportSettings, NatsTransportSettings],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+
+class RuntimeSettings(Section):
+    queue_size: int = Field(default=10_000, ge=1)
+    summary_interval_s: float = Field(default=5.0, ge=0)  # 0 disables the periodic summary
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class LogSettings(Section):
+    level: LogLevel = LogLevel.INFO  # SSMD_LOG_LEVEL overrides it (ssmd.logs)
+    format: LogFormat = LogFormat.AUTO
+
+
+class Settings(Section):
+    """One environment. Build it with load_environment(); `source` is the file it came from."""
+
+    name: str = ""
+    exchange: ExchangeSettings
+    credentials: CredentialsSettings | None = None
+    subscription: SubscriptionSettings = SubscriptionSettings()
+    transport: TransportSettings = FileTransportSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    log: LogSettings = LogSettings()
+
+    _source: str = PrivateAttr(default="<in-memory settings>")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_take_defaults(cls, data: object) -> object:
+        # `runtime:` with every child commented out (YAML null) means the defaults.
+        return drop_null_sections(data, ("subscription", "transport", "runtime", "log"))
+
+    @field_validator("transport")
+    @classmethod
+    def _nats_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # Defaults that depend on the environment name become concrete strings at load time
+        # (`name` is declared before `transport`, so it is validated already).
+        if isinstance(value, NatsTransportSettings):
+            return value.resolved(str(info.data.get("name", "")))
+        return value
+
+    @model_validator(mode="after")
+    def _real_exchange_needs(self) -> Settings:
+        if self.exchange.simulator is not None:
+            return self
+        if self.credentials is None:  # the handshake is always signed (PROTOCOL.md §2.5)
+            fix = "add credentials: key_id_env + private_key_file or private_key_env"
+            raise rule("a real exchange needs credentials", field="credentials", fix=fix)
+        if not self.subscription.markets:  # "all markets" exists only with the simulator
+            fix = "list exchange tickers, e.g. markets: [KXBTCD-26AUG2017-T73749.99]"
+            message = "a real exchange needs at least one market (empty = all, simulator only)"
+            raise rule(message, field="subscription.markets", fix=fix)
+        return self
+
+
+def resolve_credentials(settings: Settings) -> Credentials | None:
+    """Load the API key id and private key; None when there is no credentials section.
+
+    Raises ConfigError (key id env var unset) or KeyLoadError (key file/env var unusable);
+    both name the file or variable, never its value.
+    """
+    section = settings.credentials
+    if section is None:
+        return None
+    if section.key_id is not None:
+        key_id = section.key_id
+    else:
+        assert section.key_id_env is not None  # guaranteed by CredentialsSettings
+        key_id = os.environ.get(section.key_id_env, "").strip()
+        if not key_id:
+            raise ConfigError(
+                f"environment variable {section.key_id_env} is not set or empty",
+                source=settings.source,
+                field="credentials.key_id_env",
+                fix=f"export {section.key_id_env}=<your Kalshi API key id>",
+            )
+    if section.private_key_file is not None:
+        private_key = load_private_key_file(section.private_key_file)
+    else:
+        assert section.private_key_env is not None  # guaranteed by CredentialsSettings
+        private_key = load_private_key_env(section.private_key_env)
+    return Credentials(key_id=key_id, private_key=private_key)
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain JSON-able data, without any secret value.
+
+    Only env var names and file paths appear for credentials; an inline key id is shortened.
+    """
+    data = settings.model_dump(mode="json")
+    credentials = data.get("credentials")
+    if isinstance(credentials, dict) and credentials.get("key_id"):
+        credentials["key_id"] = str(credentials["key_id"])[:4] + "…"
+    return {"source": settings.source, **data}
