@@ -501,7 +501,8 @@ async def test_kill_and_restart_keeps_every_record_once_in_order(
 
     stats = transport.stats()
     assert stats.reconnects >= 1
-    assert stats.resent >= 1
+    # Whether any record was in flight at the kill is timing; the window bounds the re-sends.
+    assert stats.resent <= window
     assert stats.acked == len(records)
     stored = await read_stream(nats_server.url)
     assert decode_json(stored) == records  # each record exactly once, in publish order
