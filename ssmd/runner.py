@@ -265,16 +265,22 @@ class Connector:
             last = now
             supervisor = self.supervisor
             session = supervisor.session if supervisor else None
+            # What the sink has: completed files for the file transport, unacked records for NATS.
+            sink = (
+                {"files_written": stats.files_written}
+                if stats.files_written
+                else {"pending_acks": stats.pending}
+            )
             log.info(
                 "connector.summary",
                 per_s=rates,
                 markets=market_count,
                 published=self.published,
                 queued=self._queue.qsize(),
-                files_written=stats.files_written,
                 gaps=session.stats.gaps if session else 0,
                 resyncs=session.stats.resyncs if session else 0,
                 reconnects=supervisor.reconnects if supervisor else 0,
+                **sink,
             )
 
 

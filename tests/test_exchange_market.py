@@ -233,3 +233,22 @@ def test_bad_configuration(count: int, mix: EventMix, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         MarketGenerator(count, seed=1, mix=mix)
     assert info.value.field == field
+
+
+def test_trade_ids_differ_between_runs_while_the_market_data_repeats() -> None:
+    """Kalshi never reuses a trade id; a second run with the same seed must not either, or a
+    stream's Msg-Id dedupe would silently drop its trades."""
+    from ssmd.exchange.market import Trade as SimTrade
+
+    def trades(salt: int) -> list[SimTrade]:
+        generator = MarketGenerator(4, 9, trade_id_salt=salt)
+        events = [generator.next_event(n * 1_000_000) for n in range(2_000)]
+        return [e for e in events if isinstance(e, SimTrade)]
+
+    first, again, other = trades(0), trades(0), trades(12345)
+    assert first
+    assert [t.trade_id for t in first] == [t.trade_id for t in again]
+    assert not {t.trade_id for t in first} & {t.trade_id for t in other}
+    assert [(t.market, t.yes_price_e4, t.size_e2) for t in first] == [
+        (t.market, t.yes_price_e4, t.size_e2) for t in other
+    ]

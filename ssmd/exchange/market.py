@@ -245,7 +245,11 @@ class MarketGenerator:
         mix: EventMix = DEFAULT_MIX,
         *,
         max_levels_per_side: int = 12,
+        trade_id_salt: int = 0,
     ) -> None:
+        """`trade_id_salt` (128 bits) is XORed into every trade id: the seed decides the market
+        data, the salt makes one run's trade ids differ from another's, as Kalshi's never repeat
+        (a stream's Msg-Id dedupe would otherwise drop a second run's trades)."""
         if market_count < 1:
             raise ConfigError(
                 f"must be at least 1, got {market_count}",
@@ -260,6 +264,7 @@ class MarketGenerator:
                 field="mix",
             )
         self._rng = random.Random(seed)
+        self._trade_id_salt = trade_id_salt
         self._prefix = ticker_prefix
         self._kinds = [kind for kind, _ in weights]
         self._kind_weights = [weight for _, weight in weights]
@@ -408,7 +413,7 @@ class MarketGenerator:
             market.open_interest_e2 -= size_e2
         return Trade(
             market=market.ticker,
-            trade_id=str(uuid.UUID(int=rng.getrandbits(128))),
+            trade_id=str(uuid.UUID(int=rng.getrandbits(128) ^ self._trade_id_salt)),
             yes_price_e4=yes_price_e4,
             size_e2=size_e2,
             taker_side=taker,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -81,6 +82,7 @@ class ExchangeSimulator:
         ping_interval_s: float | None = 10.0,
         max_clock_skew_s: float = 30.0,
         clock_ns: Callable[[], int] = time.time_ns,
+        trade_id_salt: int | None = None,
         log_path: Path | None = None,
         outbox_frames: int = 10_000,
         keep_sent: bool = True,
@@ -91,7 +93,8 @@ class ExchangeSimulator:
     ) -> None:
         """`keep_sent=False` keeps no `sent`/`skipped`/`faults`: long runs must not grow them.
         With OVERFLOW, an outbox over `outbox_frames` for `overflow_after_s` gets error 25.
-        `random_faults` injects a seeded random schedule of faults on every connection."""
+        `random_faults` injects a seeded random schedule of faults on every connection.
+        `trade_id_salt` None draws a fresh salt: trade ids never repeat from run to run."""
         if rate_hz is not None and rate_hz < 0:
             raise ConfigError(f"must be >= 0, got {rate_hz}", source="exchange", field="rate_hz")
         if outbox_frames < 1:
@@ -99,7 +102,8 @@ class ExchangeSimulator:
                 f"must be >= 1, got {outbox_frames}", source="exchange", field="outbox_frames"
             )
         self._public_keys = dict(public_keys)
-        self._generator = MarketGenerator(market_count, seed)
+        salt = secrets.randbits(128) if trade_id_salt is None else trade_id_salt
+        self._generator = MarketGenerator(market_count, seed, trade_id_salt=salt)
         self._rate_hz = rate_hz or None
         self._host = host
         self._requested_port = port
