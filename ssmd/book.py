@@ -36,6 +36,16 @@ class ApplyResult(enum.Enum):
     NEGATIVE_LEVEL = "negative_level"
 
 
+# Enum members as module constants for the delta hot path: `BookState.LIVE` is a metaclass
+# attribute lookup (~50 ns on CPython 3.11), a module global is a dict hit.
+_LIVE = BookState.LIVE
+_INVALID = BookState.INVALID
+_APPLIED = ApplyResult.APPLIED
+_NEEDS_SNAPSHOT = ApplyResult.NEEDS_SNAPSHOT
+_NEGATIVE_LEVEL = ApplyResult.NEGATIVE_LEVEL
+_YES = Side.YES
+
+
 class _Ladder:
     """One side's bids, price_e4 -> size_e2 (sizes always > 0), with a lazily kept best.
 
@@ -51,22 +61,6 @@ class _Ladder:
         self.sizes_e2 = sizes_e2
         self.best_e4: int | None = None
         self.best_known = False
-
-    def apply(self, price_e4: int, delta_e2: int) -> bool:
-        """Add `delta_e2` at `price_e4`; a level reaching 0 disappears (§7.1.2). Returns False,
-        changing nothing, when the level would go below zero."""
-        sizes = self.sizes_e2
-        size_e2 = sizes.get(price_e4, 0) + delta_e2
-        if size_e2 > 0:
-            sizes[price_e4] = size_e2
-            if self.best_known and (self.best_e4 is None or price_e4 > self.best_e4):
-                self.best_e4 = price_e4
-            return True
-        if size_e2 == 0:
-            if sizes.pop(price_e4, None) is not None and price_e4 == self.best_e4:
-                self.best_known = False
-            return True
-        return False
 
     def best(self) -> int | None:
         if not self.best_known:
@@ -165,16 +159,28 @@ class OrderBook:
         Refused with the book unchanged: NEEDS_SNAPSHOT unless LIVE; NEGATIVE_LEVEL when the
         level would drop below zero, which also makes the book INVALID (§4.3).
         """
-        if self.state is not BookState.LIVE:
-            return ApplyResult.NEEDS_SNAPSHOT
+        if self.state is not _LIVE:
+            return _NEEDS_SNAPSHOT
         if delta.market != self.market:
             self._check_market(delta.market)
-        ladder = self._yes if delta.side is Side.YES else self._no
-        if ladder.apply(delta.price_e4, delta.delta_e2):
-            self.last_seq = delta.seq
-            return ApplyResult.APPLIED
-        self.state = BookState.INVALID
-        return ApplyResult.NEGATIVE_LEVEL
+        # The ladder update is inlined (the hottest path of the book): a level reaching 0
+        # disappears (§7.1.2); below zero, nothing changes and the book is INVALID.
+        ladder = self._yes if delta.side is _YES else self._no
+        sizes = ladder.sizes_e2
+        price_e4 = delta.price_e4
+        size_e2 = sizes.get(price_e4, 0) + delta.delta_e2
+        if size_e2 > 0:
+            sizes[price_e4] = size_e2
+            if ladder.best_known and (ladder.best_e4 is None or price_e4 > ladder.best_e4):
+                ladder.best_e4 = price_e4
+        elif size_e2 == 0:
+            if sizes.pop(price_e4, None) is not None and price_e4 == ladder.best_e4:
+                ladder.best_known = False
+        else:
+            self.state = _INVALID
+            return _NEGATIVE_LEVEL
+        self.last_seq = delta.seq
+        return _APPLIED
 
     def invalidate(self) -> None:
         """Distrust the book until the next snapshot (a gap on its sid, §4.3). A book that
@@ -251,7 +257,10 @@ class BookSet(Mapping[str, OrderBook]):
         """Apply a BookSnapshot or BookDelta to its market's book. Any other record raises
         TypeError: trades, tickers and the rest are not book state."""
         if isinstance(record, BookDelta):
-            return self._book(record.market).apply_delta(record)
+            book = self._books.get(record.market)
+            if book is None:
+                book = self._book(record.market)
+            return book.apply_delta(record)
         if isinstance(record, BookSnapshot):
             return self._book(record.market).apply_snapshot(record)
         raise TypeError(f"BookSet applies BookSnapshot/BookDelta, not {type(record).__name__}")

@@ -174,10 +174,10 @@ class KalshiClient:
                 return
             record = session.receive_frame(data, clock_ns())
             if record is not None:
-                if sink.full():
+                try:
+                    sink.put_nowait(record)  # no await per record while the queue has room
+                except asyncio.QueueFull:
                     await sink.put(record)
-                else:
-                    sink.put_nowait(record)
             if session.has_events or session.has_commands:
                 await self._after_frame(ws)
             if self._reconnect_reason is not None:

@@ -7,6 +7,9 @@ contracts exist). Legacy integer cents and whole-contract counts convert exactly
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 PRICE_DIGITS = 4
 SIZE_DIGITS = 2
 PRICE_SCALE: int = 10**PRICE_DIGITS
@@ -24,13 +27,13 @@ def parse_fixed(text: str, digits: int) -> int:
     than `digits` only when the extra ones are zeros ("0.010000" is fine for 4 digits,
     "0.00005" is not). Raises ValueError with the offending text otherwise.
     """
-    # Fast path: the current wire form has exactly `digits` decimals ("0.4800", "136.00").
-    dot = text.find(".")
-    if dot > 0 and len(text) - dot - 1 == digits and text[0] != "-" and text[0] != "+":
-        whole = text[:dot]
-        frac = text[dot + 1 :]
-        if whole.isdigit() and frac.isdigit() and whole.isascii() and frac.isascii():
-            return int(whole) * _POW10[digits] + int(frac)
+    # Fast path: the current wire form, ASCII digits with exactly `digits` decimals ("0.4800",
+    # "136.00"): dropping the one dot gives the scaled integer. isascii() is O(1) and keeps
+    # out the non-ASCII digits int() would accept; isdigit() keeps out signs, "_" and spaces.
+    if len(text) > digits + 1 and text[-digits - 1] == ".":
+        body = text.replace(".", "")
+        if len(body) == len(text) - 1 and body.isdigit() and body.isascii():
+            return int(body)
     return _parse_fixed_slow(text, digits)
 
 
@@ -62,14 +65,35 @@ def format_fixed(value: int, digits: int) -> str:
     return f"{sign}{magnitude // scale}.{magnitude % scale:0{digits}d}"
 
 
+# Every canonical in-domain wire price, "0.0000" to "1.0000" (10,001 entries, built once and
+# never grown, so a feed cannot inflate it): one dict lookup instead of a parse.
+_PRICE_E4_BY_TEXT: Final[dict[str, int]] = {
+    format_fixed(price_e4, PRICE_DIGITS): price_e4 for price_e4 in range(ONE_DOLLAR_E4 + 1)
+}
+lookup_price_e4: Final[Callable[[str], int | None]] = _PRICE_E4_BY_TEXT.get
+"""The price of a canonical in-domain wire price string, or None: then call parse_price."""
+
+
 def parse_price(text: str) -> int:
     """A `*_dollars` price string to integer 1/10,000 dollars."""
+    price_e4 = _PRICE_E4_BY_TEXT.get(text)
+    if price_e4 is not None:
+        return price_e4
     return parse_fixed(text, PRICE_DIGITS)
 
 
 def parse_size(text: str) -> int:
     """A `*_fp` contract-count string to integer 1/100 contracts."""
-    return parse_fixed(text, SIZE_DIGITS)
+    # parse_fixed's fast path, inlined, plus negative deltas ("-10.00"). Sizes are parsed, not
+    # cached: a bounded cache measured slower end to end (every decoded string is new, so each
+    # lookup pays for hashing it, and misses pay twice).
+    if len(text) > 3 and text[-3] == "." and text.isascii():
+        body = text.replace(".", "")
+        if len(body) == len(text) - 1 and (
+            body.isdigit() or (body[0] == "-" and body[1:].isdigit())
+        ):
+            return int(body)
+    return _parse_fixed_slow(text, SIZE_DIGITS)
 
 
 def format_price(price_e4: int) -> str:

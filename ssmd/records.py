@@ -58,14 +58,14 @@ class StatusEvent(enum.Enum):
     DROPPED = "dropped"
 
 
-class Level(msgspec.Struct, frozen=True, array_like=True):
+class Level(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One book level, encoded as the pair [price_e4, size_e2]."""
 
     price_e4: int
     size_e2: int
 
 
-class PriceRange(msgspec.Struct, frozen=True):
+class PriceRange(msgspec.Struct, frozen=True, gc=False):
     """A tick band: prices in [start_e4, end_e4] must be multiples of step_e4 (§7.1.5)."""
 
     start_e4: int
@@ -73,7 +73,7 @@ class PriceRange(msgspec.Struct, frozen=True):
     step_e4: int
 
 
-class RecordBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+class RecordBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", gc=False):
     """Fields every record carries.
 
     `market` is the exchange ticker, unchanged (for event-scoped lifecycle records it is the
@@ -138,7 +138,7 @@ class BookDelta(RecordBase, frozen=True, kw_only=True, tag="book_delta"):
     delta_e2: int
 
 
-class Lifecycle(RecordBase, frozen=True, kw_only=True, tag="lifecycle"):
+class Lifecycle(RecordBase, frozen=True, kw_only=True, tag="lifecycle", gc=True):
     """Market and event lifecycle (market_lifecycle_v2, event_lifecycle, event_fee_update).
 
     `event_type` is the exchange's word (created, activated, deactivated, close_date_updated,

@@ -32,6 +32,7 @@ from ssmd.transport.base import Transport
 EXIT_OK = 0
 EXIT_FAILED = 1
 LOCAL_KEY_ID = "local-simulator"
+PUBLISH_BATCH_MAX = 512  # records per publish_many(): bounds the time between two awaits
 
 log = get_logger("ssmd.runner")
 
@@ -236,15 +237,26 @@ class Connector:
             await self._queue.put(None)
 
     async def _publish(self) -> None:
+        """Move records from the queue to the transport in batches: whatever is queued (up to
+        PUBLISH_BATCH_MAX) goes in one publish_many(), so a busy stream costs one await per
+        batch rather than per record, and a quiet one still sends each record at once."""
         queue = self._queue
-        publish = self.transport.publish
+        publish_many = self.transport.publish_many
         try:
-            while True:
-                record = await queue.get()
-                if record is None:
+            ended = False
+            while not ended:
+                first = await queue.get()
+                if first is None:
                     break
-                await publish(record)
-                self.published += 1
+                batch = [first]
+                for _ in range(min(queue.qsize(), PUBLISH_BATCH_MAX - 1)):
+                    record = queue.get_nowait()
+                    if record is None:
+                        ended = True
+                        break
+                    batch.append(record)
+                await publish_many(batch)
+                self.published += len(batch)
             await self.transport.flush()
         finally:
             self._drained.set()

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -122,25 +123,29 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+# The builders below run once per published record: f-strings with the None checks inline
+# (an int formats as str(int) does), one dict lookup by type to pick the builder.
+
+
 def _trade_id(record: Trade) -> str:
     return f"trade:{record.trade_id}"
 
 
 def _ticker_id(record: Ticker) -> str:
-    values = (
-        record.last_price_e4,
-        record.yes_bid_e4,
-        record.yes_ask_e4,
-        record.yes_bid_size_e2,
-        record.yes_ask_size_e2,
-        record.last_trade_size_e2,
-        record.volume_e2,
-        record.open_interest_e2,
-        record.notional_volume_usd,
-        record.notional_open_interest_usd,
+    r = record
+    return (
+        f"ticker:{r.market}:{_text(r.exchange_ts_ns)}"
+        f":{'' if r.last_price_e4 is None else r.last_price_e4}"
+        f":{'' if r.yes_bid_e4 is None else r.yes_bid_e4}"
+        f":{'' if r.yes_ask_e4 is None else r.yes_ask_e4}"
+        f":{'' if r.yes_bid_size_e2 is None else r.yes_bid_size_e2}"
+        f":{'' if r.yes_ask_size_e2 is None else r.yes_ask_size_e2}"
+        f":{'' if r.last_trade_size_e2 is None else r.last_trade_size_e2}"
+        f":{'' if r.volume_e2 is None else r.volume_e2}"
+        f":{'' if r.open_interest_e2 is None else r.open_interest_e2}"
+        f":{'' if r.notional_volume_usd is None else r.notional_volume_usd}"
+        f":{'' if r.notional_open_interest_usd is None else r.notional_open_interest_usd}"
     )
-    stats = ":".join(map(_text, values))
-    return f"ticker:{record.market}:{_text(record.exchange_ts_ns)}:{stats}"
 
 
 def _lifecycle_id(record: Lifecycle) -> str:
@@ -149,29 +154,37 @@ def _lifecycle_id(record: Lifecycle) -> str:
     return f"lifecycle:{record.market}:{record.event_type}:{digest}"
 
 
-def _book_id(record: BookSnapshot | BookDelta) -> str:
-    kind = record_kind(record)
-    sid, seq = _text(record.sid), _text(record.seq)
-    return f"{kind}:{record.market}:{sid}:{seq}:{record.receive_ts_ns}"
+def _delta_id(record: BookDelta) -> str:
+    sid, seq = record.sid, record.seq
+    sid_text = "" if sid is None else sid
+    seq_text = "" if seq is None else seq
+    return f"book_delta:{record.market}:{sid_text}:{seq_text}:{record.receive_ts_ns}"
+
+
+def _snapshot_id(record: BookSnapshot) -> str:
+    sid, seq = record.sid, record.seq
+    sid_text = "" if sid is None else sid
+    seq_text = "" if seq is None else seq
+    return f"book_snapshot:{record.market}:{sid_text}:{seq_text}:{record.receive_ts_ns}"
 
 
 def _status_id(record: Status) -> str:
     return f"status:{record.connection_id}:{record.event.value}:{record.receive_ts_ns}"
 
 
+_ID_BUILDERS: dict[type, Callable[[Any], str]] = {
+    Trade: _trade_id,
+    BookDelta: _delta_id,
+    BookSnapshot: _snapshot_id,
+    Ticker: _ticker_id,
+    Lifecycle: _lifecycle_id,
+    Status: _status_id,
+}
+
+
 def msg_id_for(record: Record) -> str:
     """The JetStream dedupe key of `record` (see the module docstring for what each one means)."""
-    match record:
-        case Trade():
-            return _trade_id(record)
-        case BookDelta() | BookSnapshot():
-            return _book_id(record)
-        case Ticker():
-            return _ticker_id(record)
-        case Lifecycle():
-            return _lifecycle_id(record)
-        case Status():
-            return _status_id(record)
+    return _ID_BUILDERS[type(record)](record)
 
 
 def subject_covers(stream_subject: str, ours: str) -> bool:

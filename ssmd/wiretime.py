@@ -19,7 +19,7 @@ _PREFIX_LEN: Final = 17
 _PREFIX = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):", re.ASCII)
 # "SS[.fffffffff](Z|±HH:MM)"
 _TAIL = re.compile(r"(\d\d)(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d\d):(\d\d))", re.ASCII)
-_FRACTION_SCALE: Final = tuple(10 ** (9 - n) for n in range(10))
+_FRACTION_SCALE: Final[tuple[int, ...]] = tuple(10 ** (9 - n) for n in range(10))
 
 
 def seconds_to_ns(seconds: int) -> int:
@@ -76,12 +76,39 @@ def _minute_base_s(prefix: str) -> int:
     return _days_from_civil(year, month, day) * _S_PER_DAY + hour * 3600 + minute * 60
 
 
+# "YYYY-MM-DDTHH:MM:SS." -> Unix ns of that UTC second: deltas within one second share it.
+# Only keys of texts the full parser accepted with a `Z` get in. Bounded: cleared when full,
+# so a feed of ever-new seconds cannot grow it.
+_SECOND_NS: dict[str, int] = {}
+_SECOND_NS_GET: Final = _SECOND_NS.get
+_SECOND_NS_CAPACITY: Final = 4096
+_SECOND_KEY_LEN: Final = 20
+
+
 def rfc3339_to_ns(text: str) -> int:
     """An RFC3339 date-time ("2026-08-20T00:36:00.63094Z", "...+02:00") to Unix ns, exactly.
 
     0-9 fractional digits; `Z` or a ±HH:MM offset. Second 60 (a leap second) is accepted and
     reads as the next second, as POSIX time does. Raises ValueError on anything else.
     """
+    # Fast path, Kalshi's form "…:SS.f{1,9}Z" (§7.1.2): the second is looked up (validated by
+    # the full parse the first time it was seen), only the fraction is parsed here.
+    base_ns = _SECOND_NS_GET(text[:_SECOND_KEY_LEN])
+    if base_ns is not None and text[-1] == "Z":
+        fraction = text[20:-1]
+        if fraction.isdigit() and fraction.isascii() and len(fraction) <= 9:
+            return base_ns + int(fraction) * _FRACTION_SCALE[len(fraction)]
+    ns = _rfc3339_to_ns_slow(text)
+    if len(text) > 21 and text[19] == "." and text[-1] == "Z":
+        fraction = text[20:-1]  # the slow parse accepted it: 1-9 ASCII digits
+        if len(_SECOND_NS) >= _SECOND_NS_CAPACITY:
+            _SECOND_NS.clear()
+        _SECOND_NS[text[:_SECOND_KEY_LEN]] = ns - int(fraction) * _FRACTION_SCALE[len(fraction)]
+    return ns
+
+
+def _rfc3339_to_ns_slow(text: str) -> int:
+    """The reference parser: every form rfc3339_to_ns accepts."""
     try:
         base_s = _minute_base_s(text[:_PREFIX_LEN])
     except ValueError as exc:

@@ -179,6 +179,20 @@ async def test_records_round_trip_exactly(tmp_path: Path) -> None:
     assert files_under(tmp_path, PART_SUFFIX) == []
 
 
+async def test_publish_many_writes_what_publish_does(tmp_path: Path) -> None:
+    records = sample_records()
+    one_by_one, batched = make_transport(tmp_path / "one"), make_transport(tmp_path / "many")
+    for transport in (one_by_one, batched):
+        await transport.start()
+    for record in records:
+        await one_by_one.publish(record)
+    await batched.publish_many(records)
+    for transport in (one_by_one, batched):
+        await transport.close()
+    assert read_records(tmp_path / "many") == read_records(tmp_path / "one")
+    assert batched.stats() == one_by_one.stats()
+
+
 async def test_layout_is_one_directory_and_file_per_kind(tmp_path: Path) -> None:
     transport = make_transport(tmp_path)
     await transport.start()

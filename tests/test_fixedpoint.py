@@ -13,6 +13,7 @@ from ssmd.fixedpoint import (
     count_to_size,
     format_price,
     format_size,
+    lookup_price_e4,
     parse_fixed,
     parse_price,
     parse_size,
@@ -144,3 +145,56 @@ def test_format_is_canonical() -> None:
     assert format_price(-100) == "-0.0100"
     assert format_size(13600) == "136.00"
     assert format_size(-5) == "-0.05"
+
+
+# --- hot-path shortcuts agree with the reference parser ----------------------------------
+
+# Wire-like text: mostly the real shape, with signs, junk and odd digit counts mixed in.
+WIRE_LIKE = st.from_regex(r"[-+]?[0-9]{0,4}\.?[0-9]{0,6}", fullmatch=True) | st.text(
+    alphabet="0123456789.-+_ e\u0660\u00b2", max_size=9
+)
+
+
+def _reference(text: str, digits: int) -> int | None:
+    try:
+        return _parse_fixed_slow(text, digits)
+    except ValueError:
+        return None
+
+
+def _parsed(parse: object, text: str) -> int | None:
+    assert callable(parse)
+    try:
+        result = parse(text)
+    except ValueError:
+        return None
+    assert isinstance(result, int)
+    return result
+
+
+@given(WIRE_LIKE)
+def test_parse_price_equals_the_reference_on_any_text(text: str) -> None:
+    assert _parsed(parse_price, text) == _reference(text, 4)
+    assert _parsed(lambda t: parse_fixed(t, 4), text) == _reference(text, 4)
+
+
+@given(WIRE_LIKE)
+def test_parse_size_equals_the_reference_on_any_text(text: str) -> None:
+    assert _parsed(parse_size, text) == _reference(text, 2)
+    assert _parsed(lambda t: parse_fixed(t, 2), text) == _reference(text, 2)
+
+
+@given(st.integers(min_value=0, max_value=ONE_DOLLAR_E4))
+def test_price_table_covers_every_in_domain_canonical_price(price_e4: int) -> None:
+    text = format_price(price_e4)
+    assert lookup_price_e4(text) == price_e4 == _parse_fixed_slow(text, 4)
+
+
+@pytest.mark.parametrize("text", ["1.0001", "-0.0100", "0.48", "0.480", "+0.4800", " 0.4800"])
+def test_price_table_holds_only_canonical_in_domain_text(text: str) -> None:
+    assert lookup_price_e4(text) is None
+
+
+def test_negative_sizes_take_the_fast_path_exactly() -> None:
+    assert parse_size("-10.00") == -1000
+    assert parse_size("-0.50") == -50

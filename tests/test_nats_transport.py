@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ssmd.records import (
 from ssmd.subjects import SubjectMapper, msg_id_for
 from ssmd.transport import build_transport
 from ssmd.transport.nats import (
+    AckClient,
     LinkState,
     NatsConnectError,
     NatsTransport,
@@ -46,7 +48,15 @@ from ssmd.transport.nats import (
     StreamMissing,
     connect_nats,
 )
-from ssmd.transport.nats_core import AckWatch, AckWindow, PubAck, parse_pub_ack
+from ssmd.transport.nats_core import (
+    AckWatch,
+    AckWindow,
+    PubAck,
+    header_tail,
+    header_value,
+    hpub_command,
+    parse_pub_ack,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +241,7 @@ def test_parse_pub_ack(data: bytes, headers: dict[str, str] | None, expected: ob
 
 def test_ack_window_settles_in_any_order_and_counts() -> None:
     window = AckWindow(capacity=3)
-    numbers = [window.add((f"s.{k}", b"x" * k, {}, kind)) for k, kind in enumerate("aab", 1)]
+    numbers = [window.add((f"s.{k}", b"x" * k, b"", kind)) for k, kind in enumerate("aab", 1)]
     assert numbers == [0, 1, 2]
     assert window.full
     assert window.settle(1, duplicate=False)
@@ -260,8 +270,8 @@ def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
     window = AckWindow(capacity=10)
     watch = AckWatch(timeout_s=5)
     assert not watch.overdue(window, 0.0)  # nothing pending
-    window.add(("s", b"", {}, "k"))
-    window.add(("s", b"", {}, "k"))
+    window.add(("s", b"", b"", "k"))
+    window.add(("s", b"", b"", "k"))
     assert not watch.overdue(window, 100.0)  # first seen now
     assert not watch.overdue(window, 104.9)
     window.settle(0, duplicate=False)  # progress: the oldest changed
@@ -269,6 +279,59 @@ def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
     assert not watch.overdue(window, 110.0)
     assert watch.overdue(window, 111.0)
     assert not watch.overdue(window, 111.5)  # re-armed after firing
+
+
+def test_hpub_command_is_what_nats_py_sends() -> None:
+    # nats-py's publish(): `HPUB subject reply hdr_len total_len`, the header block, the payload
+    # (nats/protocol/command.py hpub_cmd, headers rendered in dict order).
+    headers = {
+        "Nats-Msg-Id": "book_delta:M:1:2:3",
+        "Ssmd-Kind": "book_delta",
+        "Ssmd-Market": "KXA-26NOV21-T3.5",
+        "Content-Type": "application/json",
+    }
+    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+    block += b"\r\n"
+    payload = b'{"x":1}'
+    expected = (
+        f"HPUB s.book_delta.M _INBOX.abc.7 {len(block)} {len(block) + len(payload)}\r\n".encode()
+        + block
+        + payload
+        + b"\r\n"
+    )
+    tail = header_tail("book_delta", "KXA-26NOV21-T3.5", "application/json")
+    command = hpub_command(
+        b"s.book_delta.M", b"_INBOX.abc.7", header_value("book_delta:M:1:2:3"), tail, payload
+    )
+    assert command == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("plain", b"plain"), (" padded\t", b"padded"), ("a\r\nb", b"a  b"), ("é", "é".encode())],
+)
+def test_header_values_are_cleaned_as_nats_py_does(text: str, value: bytes) -> None:
+    assert header_value(text) == value
+
+
+@pytest.mark.parametrize("cuts", [(), (25,), (12, 40), (36, 60, 75), tuple(range(1, 140, 7))])
+async def test_acks_are_routed_from_the_parser_however_the_reads_are_cut(
+    cuts: tuple[int, ...],
+) -> None:
+    client = AckClient()  # not connected: only its parser runs
+    received: list[tuple[bytes, bytes]] = []
+    client.route_acks("_INBOX.abc", 5, lambda n, data: received.append((n, data)))
+
+    def ack(n: int, body: bytes) -> bytes:
+        return b"MSG _INBOX.abc.%d 5 %d\r\n%s\r\n" % (n, len(body), body)
+
+    other = b"MSG other.subject 9 2\r\nhi\r\n"  # not ours: nats-py's path (no such sub)
+    data = ack(0, b'{"seq":1}') + ack(1, b'{"seq":2}') + other + ack(12, b'{"seq":3}')
+    bounds = [0, *cuts, len(data)]
+    for start, end in itertools.pairwise(bounds):
+        await client._ps.parse(data[start:end])
+    assert received == [(b"0", b'{"seq":1}'), (b"1", b'{"seq":2}'), (b"12", b'{"seq":3}')]
+    assert not client._ps.buf
 
 
 # -- publishing --------------------------------------------------------------------------------
@@ -351,6 +414,46 @@ async def test_flush_returns_after_every_ack(
     assert info.config.subjects == [f"{PREFIX}.>"]
     assert info.config.duplicate_window == 120
     assert info.config.storage == js_api.StorageType.FILE
+
+
+async def test_publish_many_keeps_order_past_a_full_window(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url], max_pending_acks=64))
+    records: list[Record] = [trade(n, MARKETS[n % 3]) for n in range(10, 1010)]
+    records[500:500] = one_of_each_kind()
+    for start in range(0, len(records), 300):  # batches bigger than the window
+        await transport.publish_many(records[start : start + 300])
+    await transport.close()
+    stored = await read_stream(nats_server.url)
+    assert decode_json(stored) == records
+    assert [message.headers["Nats-Msg-Id"] for message in stored] == [
+        msg_id_for(record) for record in records
+    ]
+    assert transport.stats().acked == len(records)
+
+
+async def test_publish_many_with_overflow_drop_counts_and_reports(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    window = 16
+    settings = nats_settings([nats_server.url], max_pending_acks=window, overflow="drop")
+    transport = await transport_factory(settings, clock_ns=lambda: TS + 5)
+    await nats_server.kill()
+    during = [trade(n) for n in range(50)]
+    await transport.publish_many(during)  # never blocks
+    assert (transport.stats().pending, transport.stats().dropped) == (window, 50 - window)
+    await nats_server.restart()
+    await transport.flush()  # waits out the reconnect; reports the drops
+    await transport.publish_many([trade(50)])
+    await transport.close()
+    records = decode_json(await read_stream(nats_server.url))
+    assert records[:window] == during[:window]
+    status = records[window]
+    assert isinstance(status, Status)
+    assert status.event is StatusEvent.DROPPED
+    assert f"{50 - window} records dropped" in status.reason
+    assert records[window + 1 :] == [trade(50)]
 
 
 async def test_build_transport_makes_a_nats_transport_with_server_override(

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 
 from ssmd.errors import FrameDecodeError
-from ssmd.messages import DATA_FRAME_TYPES, INVALID_FIELDS, FrameDecoder
-from ssmd.normalize import normalize, run_normalize
+from ssmd.messages import CONTROL_FRAME_TYPES, DATA_FRAME_TYPES, INVALID_FIELDS, FrameDecoder
+from ssmd.normalize import NORMALIZER_BY_FRAME_TYPE, normalize, run_normalize
 from ssmd.records import (
     BookDelta,
     BookSide,
@@ -381,6 +381,52 @@ def test_live_ticker_zero_price_means_never_traded() -> None:
     assert record.exchange_ts_ns == 1_787_838_990_880_000_000
     assert (record.yes_bid_e4, record.yes_ask_e4) == (100, 9800)
     assert (record.notional_volume_usd, record.notional_open_interest_usd) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "seq", "flags"),
+    [
+        ("", None, ()),  # the 15-keyword construction: no seq, in range
+        (',"seq":12', 12, ()),  # a seq (not sent today) is kept
+        (',"price_dollars":"1.2000"', None, (Flag.PRICE_OUT_OF_RANGE,)),  # flagged
+    ],
+)
+def test_ticker_every_construction_path_keeps_every_field(
+    extra: str, seq: int | None, flags: tuple[Flag, ...]
+) -> None:
+    envelope_extra = extra if extra.startswith(',"seq"') else ""
+    msg_extra = "" if envelope_extra else extra
+    line = (
+        '{"type":"ticker","sid":2' + envelope_extra + ',"msg":{"market_ticker":"M",'
+        '"market_id":"id","yes_bid_dollars":"0.4100","yes_ask_dollars":"0.4300",'
+        '"volume_fp":"10.00","open_interest_fp":"7.50","dollar_volume":3,'
+        '"dollar_open_interest":2,"yes_bid_size_fp":"1.00","yes_ask_size_fp":"2.00",'
+        '"last_trade_size_fp":"0.50","time":"2026-08-17T08:49:57.86889Z"' + msg_extra + "}}"
+    )
+    assert norm(line) == Ticker(
+        market="M",
+        exchange_ts_ns=1_786_956_597_868_890_000,
+        receive_ts_ns=RX,
+        sid=2,
+        seq=seq,
+        flags=flags,
+        market_id="id",
+        last_price_e4=12000 if flags else None,
+        yes_bid_e4=4100,
+        yes_ask_e4=4300,
+        yes_bid_size_e2=100,
+        yes_ask_size_e2=200,
+        last_trade_size_e2=50,
+        volume_e2=1000,
+        open_interest_e2=750,
+        notional_volume_usd=3,
+        notional_open_interest_usd=2,
+    )
+
+
+def test_every_data_frame_type_has_a_normalizer_and_no_control_type_does() -> None:
+    assert set(NORMALIZER_BY_FRAME_TYPE) == set(DATA_FRAME_TYPES)
+    assert not set(NORMALIZER_BY_FRAME_TYPE) & set(CONTROL_FRAME_TYPES)
 
 
 # --- trade (§7.4) ------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ssmd.messages import Channel
 from ssmd.records import BookDelta, BookSnapshot, Level, Side, StatusEvent, Ticker, Trade
@@ -341,3 +343,27 @@ def test_get_snapshot_recovery_capture(captures_dir: Path) -> None:
     assert [(g.sid, g.expected_seq, g.received_seq) for g in gaps] == [(1, 4, 30)]
     assert session.stats.duplicates == 0
     assert not session.stats.malformed_by_reason
+
+
+@given(st.lists(st.integers(min_value=0, max_value=12), max_size=30))
+def test_inline_seq_check_matches_the_section_4_3_model(seqs: list[int]) -> None:
+    """The hot path's in-sequence shortcut and the full check agree with §4.3 on any stream."""
+    session = subscribed_session()
+    last, gaps, duplicates = 0, 0, 0  # a new sid starts after 0 (§4.2.2)
+    for number, seq in enumerate(seqs):
+        lifecycle = frame(
+            type="market_lifecycle_v2",
+            sid=4,
+            seq=seq,
+            msg={"market_ticker": MARKETS[0], "event_type": "activated"},
+        )
+        record = session.receive_frame(lifecycle, 100 + number)
+        if seq <= last:
+            duplicates += 1
+            assert record is None
+            continue
+        gaps += seq != last + 1
+        last = seq
+        assert record is not None
+        assert record.seq == seq
+    assert (session.stats.gaps, session.stats.duplicates) == (gaps, duplicates)

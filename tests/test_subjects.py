@@ -291,3 +291,40 @@ def test_stream_covers_with_a_union_of_subjects() -> None:
     assert stream_covers(["ssmd.env.kalshi.*", "ssmd.env.kalshi.*.*", "ssmd.*.*.*.*.>"], ours)
     assert not stream_covers(["ssmd.env.kalshi.*", "ssmd.env.kalshi.*.*"], ours)
     assert not stream_covers(["ssmd.env.kalshi.*", "ssmd.env.kalshi.trade.>"], ours)
+
+
+_OPTIONAL_INT = st.none() | st.integers(min_value=-(2**63), max_value=2**63)
+
+
+def _joined(*values: object) -> str:
+    return ":".join("" if value is None else str(value) for value in values)
+
+
+@given(
+    sid=_OPTIONAL_INT,
+    seq=_OPTIONAL_INT,
+    exchange_ts_ns=_OPTIONAL_INT,
+    values=st.lists(_OPTIONAL_INT, min_size=10, max_size=10),
+    market=st.text(max_size=30),
+)
+def test_msg_ids_match_their_documented_formula(
+    sid: int | None,
+    seq: int | None,
+    exchange_ts_ns: int | None,
+    values: list[int | None],
+    market: str,
+) -> None:
+    # Msg-Ids must never change between versions: a restarted instance re-publishing a record
+    # has to hit the stream's dedupe window with the same key.
+    book = {"market": market, "receive_ts_ns": TS, "sid": sid, "seq": seq}
+    assert msg_id_for(BookDelta(**book, side=Side.YES, price_e4=1, delta_e2=1)) == (
+        f"book_delta:{market}:{_joined(sid, seq)}:{TS}"
+    )
+    assert msg_id_for(BookSnapshot(**book)) == f"book_snapshot:{market}:{_joined(sid, seq)}:{TS}"
+    names = (
+        "last_price_e4", "yes_bid_e4", "yes_ask_e4", "yes_bid_size_e2", "yes_ask_size_e2",
+        "last_trade_size_e2", "volume_e2", "open_interest_e2", "notional_volume_usd",
+        "notional_open_interest_usd",
+    )  # fmt: skip
+    record = Ticker(**book, exchange_ts_ns=exchange_ts_ns, **dict(zip(names, values, strict=True)))
+    assert msg_id_for(record) == f"ticker:{market}:{_joined(exchange_ts_ns, *values)}"

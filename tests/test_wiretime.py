@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssmd.wiretime import ms_to_ns, ns_to_rfc3339, rfc3339_to_ns, seconds_to_ns
+import ssmd.wiretime
+from ssmd.wiretime import (
+    _rfc3339_to_ns_slow,
+    ms_to_ns,
+    ns_to_rfc3339,
+    rfc3339_to_ns,
+    seconds_to_ns,
+)
 
 MAX_NS = 253_402_300_799_999_999_999  # 9999-12-31T23:59:59.999999999Z
 MIN_NS = -62_167_219_200_000_000_000  # 0000-01-01T00:00:00Z
@@ -134,3 +141,53 @@ def test_ns_to_rfc3339_rejects_bad_digits(digits: int) -> None:
 def test_ns_to_rfc3339_rejects_years_beyond_9999() -> None:
     with pytest.raises(ValueError, match="9999"):
         ns_to_rfc3339(MAX_NS + 1)
+
+
+# --- the cached-second fast path agrees with the reference parser ------------------------
+
+
+@given(st.integers(min_value=MIN_NS, max_value=MAX_NS), st.integers(min_value=1, max_value=9))
+def test_fast_path_equals_the_reference_on_kalshi_form(ns: int, digits: int) -> None:
+    text = ns_to_rfc3339(ns, digits=digits)  # "…:SS.fffZ", the fast path's shape
+    expected = _rfc3339_to_ns_slow(text)
+    assert rfc3339_to_ns(text) == expected  # first sight of the second: parsed, cached
+    assert rfc3339_to_ns(text) == expected  # served from the cached second
+
+
+@given(st.integers(min_value=MIN_NS, max_value=MAX_NS), st.text(max_size=11))
+def test_fast_path_rejects_what_the_reference_rejects(ns: int, fraction: str) -> None:
+    text = ns_to_rfc3339(ns, digits=0)[:-1] + "." + fraction + "Z"
+    rfc3339_to_ns(ns_to_rfc3339(ns, digits=3))  # warm the cache for this second
+    try:
+        expected: int | None = _rfc3339_to_ns_slow(text)
+    except ValueError:
+        expected = None
+    try:
+        got: int | None = rfc3339_to_ns(text)
+    except ValueError:
+        got = None
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-08-20T00:36:00.1234567890Z",  # 10 digits
+        "2026-08-20T00:36:00.63\u0660Z",  # Arabic-Indic digit passes str.isdigit()
+        "2026-08-20T00:36:00.+5Z",
+        "2026-13-20T00:36:00.5Z",  # bad month in an otherwise fast-path shape
+    ],
+)
+def test_fast_path_shape_rejections_name_the_text(text: str) -> None:
+    rfc3339_to_ns("2026-08-20T00:36:00.5Z")
+    with pytest.raises(ValueError, match="RFC3339") as info:
+        rfc3339_to_ns(text)
+    assert repr(text) in str(info.value)
+
+
+def test_second_cache_is_bounded() -> None:
+    capacity = ssmd.wiretime._SECOND_NS_CAPACITY
+    for second in range(capacity + 10):
+        ns = second * 1_000_000_000 + 5_000
+        assert rfc3339_to_ns(ns_to_rfc3339(ns, digits=6)) == ns
+    assert len(ssmd.wiretime._SECOND_NS) <= capacity

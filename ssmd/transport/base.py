@@ -6,6 +6,7 @@ producer, and makes everything durable on `close`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +41,10 @@ class Transport(Protocol):
 
     async def publish(self, record: Record) -> None:
         """Hand one record to the sink; may await to apply backpressure."""
+
+    async def publish_many(self, records: Sequence[Record]) -> None:
+        """publish() each record in order; a sink may do it with one await for the batch.
+        The caller may reuse `records` once this returns."""
 
     async def flush(self) -> None:
         """Push buffered records to the sink (not necessarily to stable storage)."""

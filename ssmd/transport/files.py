@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -165,6 +165,11 @@ class FileTransport:
         current.size_bytes += len(line)
         self._bytes_written += len(line)
         self._records_by_kind[kind] = self._records_by_kind.get(kind, 0) + 1
+
+    async def publish_many(self, records: Sequence[Record]) -> None:
+        publish = self.publish
+        for record in records:
+            await publish(record)
 
     async def flush(self) -> None:
         """Write buffered lines to the OS, and rotate files that have grown too old."""

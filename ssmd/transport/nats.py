@@ -1,6 +1,6 @@
 """The NATS JetStream transport: records published with Msg-Id dedupe, pipelined acks, its own
 reconnection that re-sends every unacked record in order, and a bounded in-flight window.
-The only ssmd module that imports nats-py (`connect_nats` is shared with `ssmd tail`).
+With nats_client.py, the only place nats-py is used for publishing (`ssmd tail` reads).
 """
 
 from __future__ import annotations
@@ -10,28 +10,20 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 
-from ssmd.config import NatsPayload, NatsTransportSettings, Overflow, resolve_nats_secrets
+from ssmd.config import NatsPayload, NatsTransportSettings, Overflow
 from ssmd.errors import TransportError
 from ssmd.logs import get_logger
 from ssmd.records import Record, record_kind
 from ssmd.retry import RetryPolicy
-from ssmd.subjects import SubjectMapper, msg_id_for, stream_covers
+from ssmd.subjects import SubjectMapper, msg_id_for
 from ssmd.transport.base import TransportStats
+from ssmd.transport.nats_client import NATS_ERRORS, AckClient, connect_nats, ensure_stream
 from ssmd.transport.nats_core import (
     CONTENT_TYPES,
-    HEADER_CONTENT_TYPE,
-    HEADER_KIND,
-    HEADER_MARKET,
-    HEADER_MSG_ID,
     AckWatch,
     AckWindow,
     Entry,
@@ -39,50 +31,20 @@ from ssmd.transport.nats_core import (
     NatsConnectError,
     NatsTransportError,
     NoJetStream,
+    PubAck,
     StreamMismatch,
     StreamMissing,
-    connect_options,
     drop_status,
+    header_tail,
+    header_value,
+    hpub_command,
     parse_pub_ack,
 )
 
-_JS_NOT_ENABLED_FOR_ACCOUNT = 10039  # JetStream API err_code
-_STREAM_NAME_IN_USE = 10058
 _CLOSE_TIMEOUT_S = 5.0
-_NATS_ERRORS = (OSError, TimeoutError, nats.errors.Error)
 _CONNECTED = (LinkState.UP, LinkState.RESENDING)
 
 log = get_logger("ssmd.transport.nats")
-
-
-async def connect_nats(
-    settings: NatsTransportSettings, *, servers: Sequence[str] | None = None, **callbacks: Any
-) -> Client:
-    """A connected nats-py client with every option the settings give (servers, name, auth, TLS).
-
-    `servers` overrides settings.servers. `callbacks` go to nats-py's connect as they are and
-    win over the settings (error_cb, disconnected_cb, ..., name, allow_reconnect). Raises
-    NatsConnectError (ConfigError when a secret's env var or file is unusable).
-    """
-    urls = list(servers or settings.servers)
-    where = ", ".join(urls)
-    if not urls:
-        fix = "set transport.servers, or start the managed_server first"
-        raise NatsConnectError("no server URL", fix=fix)
-    options = connect_options(settings, resolve_nats_secrets(settings), urls) | callbacks
-    client = Client()
-    try:
-        await client.connect(**options)
-    except ModuleNotFoundError as exc:  # nkeys: nats-py imports it for nkey/creds auth only
-        message = f"nkey and creds authentication need the {exc.name} package"
-        raise NatsConnectError(message, server=where, fix=f"pip install {exc.name}") from exc
-    except _NATS_ERRORS as exc:
-        with contextlib.suppress(*_NATS_ERRORS):
-            await client.close()
-        fix = "check that nats-server runs there, transport.servers and the credentials"
-        reason = str(exc) or type(exc).__name__
-        raise NatsConnectError(f"cannot connect ({reason})", server=where, fix=fix) from exc
-    return client
 
 
 class NatsTransport:
@@ -118,16 +80,18 @@ class NatsTransport:
         encoder = msgspec.msgpack.Encoder() if msgpack else msgspec.json.Encoder()
         self._encode = encoder.encode
         self._content_type = CONTENT_TYPES[settings.payload]
-        self._kinds: dict[type, str] = {}
         self._window = AckWindow(settings.max_pending_acks)
         self._watch = AckWatch(settings.ack_timeout_s)
         self._drop = settings.overflow is Overflow.DROP
         self._state = LinkState.DOWN
-        self._nc: Client | None = None
+        self._nc: AckClient | None = None
         self._server = ""
         self._generation = 0  # one per connection; callbacks of older ones are ignored
         self._inbox = ""
         self._inbox_len = 0
+        self._reply_prefix = b""
+        self._max_payload = 1 << 20  # the server's, once connected
+        self._parts: dict[tuple[type, str], tuple[str, bytes, bytes, str]] = {}
         self._room = asyncio.Event()  # set when the window has room again
         self._idle = asyncio.Event()  # set when nothing is pending
         self._idle.set()
@@ -164,9 +128,7 @@ class NatsTransport:
         ]
 
     async def publish(self, record: Record) -> None:
-        if not self._accepting:
-            state = "closed" if self._closed else "not started"
-            raise NatsTransportError(f"transport is {state}", stream=self.stream_name)
+        self._check_accepting()
         window = self._window
         if len(window.pending) >= window.capacity:
             if self._drop:
@@ -176,7 +138,36 @@ class NatsTransport:
             await self._wait_for_room()
         elif window.unreported_drops and self._state is LinkState.UP:
             await self._publish_drop_status()
-        await self._enqueue(self._entry(record))
+        await self._enqueue(record)
+
+    async def publish_many(self, records: Sequence[Record]) -> None:
+        """publish() each record, in order, with one write (and one flusher wake-up) for the
+        records that fit in the window; a full window or drops to report take publish()."""
+        self._check_accepting()
+        window = self._window
+        pending, capacity = window.pending, window.capacity
+        commands: list[bytes] = []
+        try:
+            for record in records:
+                if len(pending) >= capacity or window.unreported_drops:
+                    if commands:
+                        await self._send_commands(commands, window.next_n - 1)
+                        commands = []
+                    await self.publish(record)
+                    continue
+                if not pending:
+                    self._idle.clear()
+                entry = self._entry(record, window.next_n)
+                window.add(entry)
+                commands.append(entry[2])
+        finally:  # also when a record is refused: the ones before it are in the window
+            if commands:
+                await self._send_commands(commands, window.next_n - 1)
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            state = "closed" if self._closed else "not started"
+            raise NatsTransportError(f"transport is {state}", stream=self.stream_name)
 
     async def flush(self) -> None:
         """Return once every record handed to publish() so far is acked (waits out outages)."""
@@ -212,60 +203,88 @@ class NatsTransport:
 
     # -- sending and acks --------------------------------------------------------------------
 
-    def _entry(self, record: Record) -> Entry:
-        """Subject, payload, headers and kind of one record (the per-record hot path)."""
-        kind = self._kinds.get(type(record))
-        if kind is None:
-            kind = self._kinds[type(record)] = record_kind(record)
-        headers = {
-            HEADER_MSG_ID: msg_id_for(record),
-            HEADER_KIND: kind,
-            HEADER_MARKET: record.market,
-            HEADER_CONTENT_TYPE: self._content_type,
-        }
-        return self.mapper.subject_for(record), self._encode(record), headers, kind
+    def _entry(self, record: Record, n: int) -> Entry:
+        """Record `n` as a ready HPUB command (the per-record hot path). The header block is
+        pre-rendered per kind and market; only the Msg-Id and the reply number vary."""
+        key = (type(record), record.market)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._parts[key] = self._render_parts(record)
+        subject, subject_bytes, tail, kind = parts
+        payload = self._encode(record)
+        if len(payload) > self._max_payload:  # can never succeed: fail loudly instead
+            message = f"record refused by the client: MaxPayloadError, {len(payload)} bytes"
+            raise NatsTransportError(
+                message, server=self._server, stream=self.stream_name, subject=subject
+            )
+        msg_id = header_value(msg_id_for(record))
+        reply = b"%s%d" % (self._reply_prefix, n)
+        return subject, payload, hpub_command(subject_bytes, reply, msg_id, tail, payload), kind
 
-    async def _enqueue(self, entry: Entry) -> None:
+    def _render_parts(self, record: Record) -> tuple[str, bytes, bytes, str]:
+        kind = record_kind(record)
+        subject = self.mapper.subject_for(record)
+        tail = header_tail(kind, record.market, self._content_type)
+        return subject, subject.encode(), tail, kind
+
+    async def _enqueue(self, record: Record) -> None:
         """Add to the window; send now when the link is up (else the re-send will)."""
-        if not self._window.pending:
+        window = self._window
+        if not window.pending:
             self._idle.clear()
-        n = self._window.add(entry)
-        if self._state is LinkState.UP:
-            await self._send(n, entry)
+        n = window.next_n
+        entry = self._entry(record, n)
+        window.add(entry)
+        await self._send_commands([entry[2]], n)
 
-    async def _send(self, n: int, entry: Entry) -> bool:
-        """Send one pending record on the current connection; False when the link broke."""
+    async def _send_commands(self, commands: list[bytes], last_n: int) -> bool:
+        """Send the commands of pending records up to `last_n` (the newest) when the link is
+        up; False when it is not (the link task re-sends them after reconnecting)."""
+        if self._state is not LinkState.UP:
+            return False
+        return await self._write(b"".join(commands) if len(commands) > 1 else commands[0], last_n)
+
+    async def _write(self, data: bytes, last_n: int) -> bool:
+        """Write HPUB commands on the current connection; False when the link broke.
+
+        The bytes go into nats-py's pending buffer and its flusher task is woken, as nats-py's
+        own publish() does (nats/aio/client.py, _send_publish), without re-rendering the headers
+        we rendered once per kind and market.
+        """
         nc = self._nc
         if nc is None:
             return False
-        subject, payload, headers, _ = entry
+        if not nc.is_connected:  # closed under us (we do not let nats-py reconnect)
+            self._connection_lost(self._generation, "publish failed: connection closed")
+            return False
         try:
-            await nc.publish(subject, payload, reply=f"{self._inbox}.{n}", headers=headers)
-        except (nats.errors.BadSubjectError, nats.errors.MaxPayloadError) as exc:
-            self._window.pending.pop(n, None)  # can never succeed: fail loudly instead
-            message = f"record refused by the client: {type(exc).__name__}, {len(payload)} bytes"
-            raise NatsTransportError(
-                message, server=self._server, stream=self.stream_name, subject=subject
-            ) from exc
-        except _NATS_ERRORS as exc:
+            await nc._send_command(data)
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+        except NATS_ERRORS as exc:
             self._connection_lost(self._generation, f"publish failed: {exc or type(exc).__name__}")
             return False
         window = self._window
-        if n >= window.sent_upto:
-            window.sent_upto = n + 1
+        if last_n >= window.sent_upto:
+            window.sent_upto = last_n + 1
         return True
 
     async def _receive_ack(self, msg: Msg, generation: int) -> None:
+        """An ack that came the usual nats-py way (a status reply: it has headers)."""
+        n_text = msg.subject[self._inbox_len :].encode()
+        self._apply_ack(n_text, parse_pub_ack(msg.data, msg.headers), generation)
+
+    def _apply_ack(self, n_text: bytes, ack: PubAck | str, generation: int) -> None:
+        """Settle (or, for a refusal, declare the link lost) record number `n_text`."""
         try:
-            n = int(msg.subject[self._inbox_len :])
+            n = int(n_text)
         except ValueError:
             return
-        ack = parse_pub_ack(msg.data, msg.headers)
         window = self._window
         if isinstance(ack, str):
             if n in window.pending and self._connection_lost(generation, f"rejected: {ack}"):
-                subject = window.pending[n][0]
-                log.warning("nats.publish.rejected", reason=ack, subject=subject)
+                subject_text = window.pending[n][0]
+                log.warning("nats.publish.rejected", reason=ack, subject=subject_text)
             return
         if window.settle(n, duplicate=ack.duplicate):
             if not window.pending:
@@ -302,7 +321,7 @@ class NatsTransport:
         window_size = self._window.capacity
         status = drop_status(count, markets, window=window_size, receive_ts_ns=self._clock_ns())
         log.warning("nats.dropped.reported", count=count, markets=len(markets))
-        await self._enqueue(self._entry(status))
+        await self._enqueue(status)
 
     # -- connection management ---------------------------------------------------------------
 
@@ -322,20 +341,30 @@ class NatsTransport:
         generation = self._generation
         nc = await self._connect_any(generation)
         try:
-            await self._ensure_stream(nc)
-            inbox = nc.new_inbox()
+            await ensure_stream(
+                nc, self.settings, self.stream_name, self.mapper.all_subjects, self._server
+            )
+            # One inbox for the transport's life: a pending record's command, reply subject
+            # included, is re-sent as it is on the next connection.
+            inbox = self._inbox or nc.new_inbox()
 
             async def receive_ack(msg: Msg) -> None:
                 await self._receive_ack(msg, generation)
 
-            await nc.subscribe(f"{inbox}.*", cb=receive_ack)
+            def receive_pub_ack(n_text: bytes, data: bytes) -> None:
+                self._apply_ack(n_text, parse_pub_ack(data, None), generation)
+
+            subscription = await nc.subscribe(f"{inbox}.*", cb=receive_ack)
+            nc.route_acks(inbox, subscription._id, receive_pub_ack)
         except BaseException:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
             raise
         self._nc, self._inbox, self._inbox_len = nc, inbox, len(inbox) + 1
+        self._reply_prefix = f"{inbox}.".encode()
+        self._max_payload = nc.max_payload
 
-    async def _connect_any(self, generation: int) -> Client:
+    async def _connect_any(self, generation: int) -> AckClient:
         async def on_error(exc: Exception) -> None:
             log.debug("nats.error", error=str(exc) or type(exc).__name__, server=self._server)
 
@@ -347,9 +376,11 @@ class NatsTransport:
         offset = generation % len(self.servers) if self.servers else 0
         for url in self.servers[offset:] + self.servers[:offset]:
             try:
-                nc = await connect_nats(
+                nc = AckClient()
+                await connect_nats(
                     self.settings,
                     servers=[url],
+                    client=nc,
                     # We reconnect ourselves (class docstring). nats-py still retries a first
                     # connect internally: max_reconnect_attempts=1 is two quick tries per URL.
                     allow_reconnect=False,
@@ -366,62 +397,10 @@ class NatsTransport:
         message, fix = (last.message, last.fix) if last else ("no server URL", "set servers")
         raise NatsConnectError(message, server=", ".join(self.servers), fix=fix)
 
-    async def _ensure_stream(self, nc: Client) -> None:
-        """Create the stream when missing (if allowed); refuse one that does not cover us."""
-        where = {"server": self._server, "stream": self.stream_name}
-        jsm = nc.jsm(timeout=self.settings.ack_timeout_s)
-        ours = self.mapper.all_subjects
-        try:
-            try:
-                info = await jsm.stream_info(self.stream_name)
-            except nats.js.errors.NotFoundError:
-                if not self.settings.stream.create:
-                    fix = f"create it with subjects [{ours}], or set transport.stream.create: true"
-                    message = "the stream does not exist and transport.stream.create is false"
-                    raise StreamMissing(message, **where, fix=fix) from None
-                try:
-                    await jsm.add_stream(self._stream_config())
-                except nats.js.errors.BadRequestError as exc:
-                    if exc.err_code != _STREAM_NAME_IN_USE:  # else: someone created it just now
-                        raise
-                    info = await jsm.stream_info(self.stream_name)
-                else:
-                    log.info("nats.stream.created", **where, subjects=[ours])
-                    return
-        except nats.js.errors.ServiceUnavailableError as exc:
-            if exc.code is None or exc.err_code == _JS_NOT_ENABLED_FOR_ACCOUNT:
-                fix = "start nats-server with -js (or `jetstream {}` in its config)"
-                raise NoJetStream("the server has no JetStream", **where, fix=fix) from exc
-            raise NatsTransportError(f"JetStream unavailable: {exc.description}", **where) from exc
-        except nats.js.errors.APIError as exc:
-            raise NatsTransportError(f"JetStream refused: {exc.description}", **where) from exc
-        except _NATS_ERRORS as exc:
-            reason = str(exc) or type(exc).__name__
-            raise NatsTransportError(f"stream lookup failed ({reason})", **where) from exc
-        subjects = list(info.config.subjects or [])
-        if not stream_covers(subjects, ours):
-            raise StreamMismatch(**where, stream_subjects=subjects, ours=ours)
-        window_s = info.config.duplicate_window or 0
-        if window_s < self.settings.stream.duplicate_window_s:
-            log.warning("nats.stream.short_duplicate_window", **where, duplicate_window_s=window_s)
-
-    def _stream_config(self) -> js_api.StreamConfig:
-        stream = self.settings.stream
-        return js_api.StreamConfig(
-            name=self.stream_name,
-            subjects=[self.mapper.all_subjects],
-            storage=js_api.StorageType(stream.storage.value),
-            num_replicas=stream.replicas,
-            max_age=stream.max_age_s,
-            max_bytes=stream.max_bytes,
-            duplicate_window=stream.duplicate_window_s,
-            discard=js_api.DiscardPolicy(stream.discard.value),
-        )
-
     async def _close_connection(self) -> None:
         nc, self._nc = self._nc, None
         if nc is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
+            with contextlib.suppress(*NATS_ERRORS):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):  # a half-open socket: do not hang
                     await nc.close()
 
@@ -464,7 +443,7 @@ class NatsTransport:
                 entry = window.pending.get(n)
                 if entry is None:
                     continue
-                if not await self._send(n, entry) or generation != self._generation:
+                if not await self._write(entry[2], n) or generation != self._generation:
                     return  # lost again: _lost is set, the link loop goes round once more
                 resent += n < boundary
             cursor = batch[-1] + 1

@@ -1,6 +1,6 @@
-"""The pure core of the NATS transport (no nats-py, no asyncio, no clock): the window of
-published, unacked records and its counters, JetStream PubAck parsing, the `dropped` status
-record, nats-py connect options from the settings, link states and errors.
+"""The pure core of the NATS transport (no nats-py, no asyncio, no clock): HPUB protocol bytes,
+the window of published, unacked records and its counters, JetStream PubAck parsing, the
+`dropped` status record, nats-py connect options from the settings, link states and errors.
 """
 
 from __future__ import annotations
@@ -23,8 +23,13 @@ HEADER_CONTENT_TYPE = "Content-Type"
 CONTENT_TYPES = {NatsPayload.JSON: "application/json", NatsPayload.MSGPACK: "application/msgpack"}
 DROP_CONNECTION_ID = "transport"
 
-# One record waiting for its ack: subject, payload, headers, kind.
-Entry = tuple[str, bytes, dict[str, str], str]
+# One record waiting for its ack: subject, payload, the whole HPUB command (reply subject
+# included, so a re-send after a reconnect is the same bytes), kind.
+Entry = tuple[str, bytes, bytes, str]
+
+_HEADER_HEAD = b"NATS/1.0\r\n" + HEADER_MSG_ID.encode() + b": "
+_HEADER_HEAD_LEN = len(_HEADER_HEAD)
+_HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
 class NatsTransportError(TransportError):
@@ -113,6 +118,40 @@ def connect_options(
     if settings.tls.enabled:
         options["tls"] = ssl_context(settings.tls)
     return options
+
+
+def header_value(text: str) -> bytes:
+    """A header value as nats-py's publish() writes it: stripped, CR and LF as spaces, UTF-8."""
+    if text.isprintable() and text[:1] != " " and text[-1:] != " ":  # nothing to change
+        return text.encode()
+    return text.strip().translate(_HEADER_VALUE_NEWLINES).encode()
+
+
+def header_tail(kind: str, market: str, content_type: str) -> bytes:
+    """The header block after the Msg-Id value: the same for every record of a kind and market.
+
+    The whole block reads `NATS/1.0`, then Nats-Msg-Id, Ssmd-Kind, Ssmd-Market, Content-Type
+    (in that order), then an empty line: what nats-py sends for those headers.
+    """
+    lines = ((HEADER_KIND, kind), (HEADER_MARKET, market), (HEADER_CONTENT_TYPE, content_type))
+    rendered = b"".join(b"\r\n%s: %s" % (key.encode(), header_value(v)) for key, v in lines)
+    return rendered + b"\r\n\r\n"
+
+
+def hpub_command(subject: bytes, reply: bytes, msg_id: bytes, tail: bytes, payload: bytes) -> bytes:
+    """`HPUB <subject> <reply> <header bytes> <total bytes>` + headers + payload: one message
+    with headers in the NATS client protocol (byte for byte what nats-py's publish() sends)."""
+    header_len = _HEADER_HEAD_LEN + len(msg_id) + len(tail)
+    return b"HPUB %s %s %d %d\r\n%s%s%s%s\r\n" % (
+        subject,
+        reply,
+        header_len,
+        header_len + len(payload),
+        _HEADER_HEAD,
+        msg_id,
+        tail,
+        payload,
+    )
 
 
 class PubAck(msgspec.Struct):
