@@ -219,6 +219,11 @@ class ExchangeSimulator:
         return len(self._clients)
 
     @property
+    def accepted_connections(self) -> int:
+        """Every connection ever accepted (ids 1..n), including those that never got a frame."""
+        return self._next_connection_id - 1
+
+    @property
     def connection_ids(self) -> list[int]:
         return list(self._clients)
 
