@@ -53,7 +53,7 @@ from ssmd.records import (
 from ssmd.wiretime import rfc3339_to_ns
 
 from .conftest import write_pem
-from .test_connector_e2e import KEY_ID, spawn_connector
+from .test_connector_e2e import KEY_ID, spawn_connector, write_connector_env
 
 pytestmark = pytest.mark.integration
 
@@ -66,33 +66,18 @@ STREAM = "SSMD_CHAOS_KALSHI"
 def write_env(
     tmp_path: Path, *, url: str, key_file: Path, nats_url: str, markets: list[str]
 ) -> Path:
-    env = tmp_path / "chaos.yaml"
-    env.write_text(
-        f"""
-name: chaos
-exchange:
-  ws_url: {url}
-  ping_interval_s: 0.5
-  repair_timeout_s: 3
-  reconnect: {{base_s: 0.05, cap_s: 1.0, healthy_after_s: 5, max_auth_retries: 50}}
-credentials:
-  key_id_env: SSMD_TEST_KEY_ID
-  private_key_file: {key_file}
-subscription:
-  channels: [orderbook_delta, ticker, trade, market_lifecycle_v2]
-  markets: {json.dumps(markets)}
-  use_yes_price: true
-transport:
-  kind: nats
-  servers: [{nats_url}]
-runtime:
-  summary_interval_s: 0
-log:
-  level: info
-  format: json
-"""
+    return write_connector_env(
+        tmp_path,
+        name="chaos",
+        url=url,
+        key_file=key_file,
+        markets=markets,
+        transport=f"  kind: nats\n  servers: [{nats_url}]\n",
+        exchange=(
+            "  ping_interval_s: 0.5\n  repair_timeout_s: 3\n"
+            "  reconnect: {base_s: 0.05, cap_s: 1.0, healthy_after_s: 5, max_auth_retries: 50}\n"
+        ),
     )
-    return env
 
 
 async def read_stream(nats_url: str) -> list[Record]:

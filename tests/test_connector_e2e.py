@@ -44,16 +44,27 @@ KEY_ID = "0b5c2a47-test-key"
 pytestmark = pytest.mark.integration
 
 
-def write_env(
-    tmp_path: Path, *, url: str, key_file: Path, markets: list[str], records_dir: Path
+def write_connector_env(
+    tmp_path: Path,
+    *,
+    name: str,
+    url: str,
+    key_file: Path,
+    markets: list[str],
+    transport: str,
+    exchange: str = "",
+    runtime: str = "",
 ) -> Path:
-    env = tmp_path / "e2e.yaml"
+    """An environment YAML for a connector subprocess signing with `key_file` (key id from the
+    SSMD_TEST_KEY_ID variable). `transport`, `exchange` and `runtime` are extra YAML lines,
+    indented two spaces, for those sections."""
+    env = tmp_path / f"{name}.yaml"
     env.write_text(
         f"""
-name: e2e
+name: {name}
 exchange:
   ws_url: {url}
-credentials:
+{exchange}credentials:
   key_id_env: SSMD_TEST_KEY_ID
   private_key_file: {key_file}
 subscription:
@@ -61,16 +72,27 @@ subscription:
   markets: {json.dumps(markets)}
   use_yes_price: true
 transport:
-  kind: file
-  dir: {records_dir}
-runtime:
+{transport}runtime:
   summary_interval_s: 0
-log:
+{runtime}log:
   level: info
   format: json
 """
     )
     return env
+
+
+def write_env(
+    tmp_path: Path, *, url: str, key_file: Path, markets: list[str], records_dir: Path
+) -> Path:
+    return write_connector_env(
+        tmp_path,
+        name="e2e",
+        url=url,
+        key_file=key_file,
+        markets=markets,
+        transport=f"  kind: file\n  dir: {records_dir}\n",
+    )
 
 
 async def spawn_connector(env: Path) -> asyncio.subprocess.Process:

@@ -7,7 +7,6 @@ on the right subject, with the right headers — also across a NATS restart and 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .test_connector_e2e import (
     spawn_connector,
     wait_until,
     without_receive_time,
+    write_connector_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -39,34 +39,18 @@ STREAM = "SSMD_E2E_KALSHI"
 def write_nats_env(
     tmp_path: Path, *, url: str, key_file: Path, nats_url: str, markets: list[str]
 ) -> Path:
-    env = tmp_path / "e2e.yaml"
-    env.write_text(
-        f"""
-name: e2e
-exchange:
-  ws_url: {url}
-credentials:
-  key_id_env: SSMD_TEST_KEY_ID
-  private_key_file: {key_file}
-subscription:
-  channels: [orderbook_delta, ticker, trade, market_lifecycle_v2]
-  markets: {json.dumps(markets)}
-  use_yes_price: true
-transport:
-  kind: nats
-  servers: [{nats_url}]
-  max_pending_acks: 256
-  ack_timeout_s: 2
-  reconnect_max_s: 0.5
-runtime:
-  queue_size: 1000
-  summary_interval_s: 0
-log:
-  level: info
-  format: json
-"""
+    return write_connector_env(
+        tmp_path,
+        name="e2e",
+        url=url,
+        key_file=key_file,
+        markets=markets,
+        transport=(
+            f"  kind: nats\n  servers: [{nats_url}]\n  max_pending_acks: 256\n"
+            "  ack_timeout_s: 2\n  reconnect_max_s: 0.5\n"
+        ),
+        runtime="  queue_size: 1000\n",
     )
-    return env
 
 
 class StoredMessage(msgspec.Struct):
