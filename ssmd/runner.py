@@ -185,6 +185,7 @@ class Connector:
                 use_yes_price=self.settings.subscription.use_yes_price,
                 open_timeout_s=self.settings.exchange.open_timeout_s,
                 ping_interval_s=self.settings.exchange.ping_interval_s,
+                client=self.settings.exchange.client,
                 repair_timeout_s=self.settings.exchange.repair_timeout_s,
             )
             rest_url = self.settings.exchange.rest_url or rest_base_url(exchange.url)

@@ -9,11 +9,13 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from ssmd.auth import Credentials
 from ssmd.client import KalshiClient
+from ssmd.client_events import ClientKind
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected, ProtocolError
 from ssmd.messages import Channel
 from ssmd.records import Record, StatusEvent
@@ -21,6 +23,9 @@ from ssmd.rest import KalshiRest
 from ssmd.retry import RetryPolicy, Verdict
 from ssmd.session import KalshiSession, RecentIds
 from ssmd.session_events import TradesMissing
+
+if TYPE_CHECKING:
+    from ssmd.client_picows import PicowsKalshiClient
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,16 @@ class ConnectionPlan:
     open_timeout_s: float = 10.0
     ping_interval_s: float | None = 10.0
     repair_timeout_s: float = 10.0
+    client: ClientKind = ClientKind.WEBSOCKETS  # which WebSocket library drives it
+
+
+def client_class(kind: ClientKind) -> type[KalshiClient] | type[PicowsKalshiClient]:
+    """The driver for `kind`; picows is imported only when chosen (an optional extra)."""
+    if kind is ClientKind.PICOWS:
+        from ssmd.client_picows import PicowsKalshiClient
+
+        return PicowsKalshiClient
+    return KalshiClient
 
 
 class ConnectionSupervisor:
@@ -59,7 +74,7 @@ class ConnectionSupervisor:
         self._monotonic_s = monotonic_s
         self._recent_trades = RecentIds()
         self._log = structlog.get_logger("ssmd.supervisor").bind(connection=plan.name)
-        self.client: KalshiClient | None = None
+        self.client: KalshiClient | PicowsKalshiClient | None = None
         self.connections = 0
         self.reconnects = 0
         self.backfilled = 0
@@ -91,7 +106,7 @@ class ConnectionSupervisor:
                 trades_since_ts_ns=trades_since_ns,
                 recent_trades=self._recent_trades,
             )
-            client = KalshiClient(
+            client = client_class(self.plan.client)(
                 url=self.plan.url,
                 credentials=self.plan.credentials,
                 session=session,

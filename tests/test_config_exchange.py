@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 
 from ssmd.auth import WS_PATH, signed_headers
+from ssmd.client_events import ClientKind
 from ssmd.config import (
     ReconnectSettings,
     Settings,
@@ -363,3 +364,15 @@ async def test_the_connector_plans_with_the_configured_repair_timeout(tmp_path: 
     assert await connector.run(stop) == 0
     assert connector.supervisor is not None
     assert connector.supervisor.plan.repair_timeout_s == 2.5
+
+
+async def test_the_connector_plans_with_the_configured_client(tmp_path: Path) -> None:
+    text = SURVIVAL_YAML.replace(
+        "  repair_timeout_s: 2.5\n", "  repair_timeout_s: 2.5\n  client: picows\n"
+    )
+    connector = Connector(load_environment(str(write(tmp_path, text))))
+    stop = asyncio.Event()
+    stop.set()  # build everything, connect nothing, drain and close
+    assert await connector.run(stop) == 0
+    assert connector.supervisor is not None
+    assert connector.supervisor.plan.client is ClientKind.PICOWS

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from ssmd.bench.harness import FULL, QUICK, Bench
-from ssmd.bench.report import BenchReport, render_json, render_table
+from ssmd.bench.report import BenchReport, Pipeline, render_json, render_table
 
 DEFAULT_JSON = Path("var/bench/latest.json")
 
@@ -37,6 +39,11 @@ def _say(line: str) -> None:
 
 def run(quick: bool, workdir: Path | None) -> BenchReport:
     settings = QUICK if quick else FULL
+    if importlib.util.find_spec("picows") is not None:
+        # The optional client (issue 7), beside ssmd into JetStream; skipped without the extra.
+        settings = replace(settings, jetstream_extras=(Pipeline.SSMD_PICOWS,))
+    else:
+        _say("bench: picows is not installed (pip install 'ssmd[fast]'): no ssmd-picows runs")
     try:
         import uvloop  # the loop ssmd runs on: the measuring consumer needs the headroom
     except ImportError:

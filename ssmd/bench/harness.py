@@ -64,8 +64,19 @@ class BenchSettings:
     markets: int = 1000
     start_timeout_s: float = 60.0  # first frame at the sink (10,000 snapshots take a while)
     stop_timeout_s: float = 20.0  # SIGTERM → exit (ssmd drains and waits for acks), then kill
-    pipelines: tuple[Pipeline, ...] = tuple(Pipeline)
+    pipelines: tuple[Pipeline, ...] = (Pipeline.SSMD, Pipeline.CEILING, Pipeline.NAIVE)
     sinks: tuple[Sink, ...] = tuple(Sink)
+    # Run beside ssmd into JetStream only (throughput and latency): e.g. SSMD_PICOWS.
+    jetstream_extras: tuple[Pipeline, ...] = ()
+
+    def pipelines_for(self, sink: Sink) -> list[Pipeline]:
+        """The pipelines measured into `sink`, the extras right after ssmd."""
+        out: list[Pipeline] = []
+        for pipeline in self.pipelines:
+            out.append(pipeline)
+            if pipeline is Pipeline.SSMD and sink is Sink.JETSTREAM:
+                out += self.jetstream_extras
+        return out
 
 
 QUICK = BenchSettings(
@@ -213,10 +224,10 @@ class Bench:
     async def _run_all(self) -> None:
         markets = self.settings.markets
         for sink in self.settings.sinks:
-            for pipeline in self.settings.pipelines:
+            for pipeline in self.settings.pipelines_for(sink):
                 await self._run(pipeline, sink, RunPurpose.THROUGHPUT, markets, None)
         for offered in self.settings.latency_frames_per_s:
-            for pipeline in self.settings.pipelines:
+            for pipeline in self.settings.pipelines_for(Sink.JETSTREAM):
                 await self._run(pipeline, Sink.JETSTREAM, RunPurpose.LATENCY, markets, offered)
         for count in self.settings.memory_markets:
             await self._run(Pipeline.SSMD, Sink.JETSTREAM, RunPurpose.MEMORY, count, None)
@@ -415,16 +426,14 @@ class Bench:
         assert self._nats is not None
         records_dir = run_dir / "records"
         log_path = run_dir / "pipeline.log"
-        if pipeline is Pipeline.SSMD:
+        if pipeline in (Pipeline.SSMD, Pipeline.SSMD_PICOWS):
             env_path = run_dir / "bench-env.yaml"
-            env_path.write_text(
-                yaml.safe_dump(
-                    ssmd_environment(
-                        url, tickers, sink, self._nats.url, prefix, stream, records_dir
-                    ),
-                    sort_keys=False,
-                )
+            environment = ssmd_environment(
+                url, tickers, sink, self._nats.url, prefix, stream, records_dir
             )
+            if pipeline is Pipeline.SSMD_PICOWS:
+                environment["exchange"]["client"] = "picows"
+            env_path.write_text(yaml.safe_dump(environment, sort_keys=False))
             command = [*_python_command("ssmd.cli import connector_main"), "--env", str(env_path)]
             env = {_KEY_ID_ENV: self._key_id, _KEY_PEM_ENV: self._key_pem.decode()}
             return await self._spawn(command, log_path, env)

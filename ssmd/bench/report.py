@@ -19,6 +19,7 @@ class Pipeline(enum.Enum):
     """Who moved the frames: ssmd itself or one of the two reference pipelines."""
 
     SSMD = "ssmd"
+    SSMD_PICOWS = "ssmd-picows"  # ssmd with exchange.client: picows (the extra ssmd[fast])
     CEILING = "ceiling"  # websockets → msgspec → hand-pipelined JetStream, no normalization
     NAIVE = "naive"  # json.loads → pydantic → one awaited js.publish per record
 
@@ -92,6 +93,11 @@ class BenchReport:
                 out[f"{key} frames/s"] = _ratio(_fps(ours), _fps(theirs))
                 # CPU-bound capacity ratio = their µs per frame / ours.
                 out[f"{key} cpu-bound"] = _ratio(_us(theirs), _us(ours))
+        picows = self.find(Pipeline.SSMD_PICOWS, Sink.JETSTREAM, RunPurpose.THROUGHPUT)
+        if picows is not None:  # the optional client against the default one
+            ours = self.find(Pipeline.SSMD, Sink.JETSTREAM, RunPurpose.THROUGHPUT)
+            out["ssmd-picows/ssmd jetstream frames/s"] = _ratio(_fps(picows), _fps(ours))
+            out["ssmd-picows/ssmd jetstream cpu-bound"] = _ratio(_us(ours), _us(picows))
         return out
 
 

@@ -4,6 +4,7 @@ resolve_credentials() and describe(). NATS transport settings live in nats.py.""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from ssmd.auth import Credentials, load_private_key_env, load_private_key_file
+from ssmd.client_events import ClientKind
 from ssmd.config.fields import (
     ENV_NAME,
     CwdPath,
@@ -72,6 +74,7 @@ class ExchangeSettings(Section):
     ping_interval_s: float = Field(default=10.0, gt=0)
     repair_timeout_s: float = Field(default=10.0, gt=0)  # each book-repair step (§4.3)
     reconnect: ReconnectSettings = ReconnectSettings()
+    client: ClientKind = ClientKind.WEBSOCKETS  # picows: the optional extra ssmd[fast]
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +89,13 @@ class ExchangeSettings(Section):
                 "ws_url must be a ws:// or wss:// URL",
                 fix="e.g. wss://external-api-ws.kalshi.com/trade-api/ws/v2 (PROTOCOL.md §1)",
             )
+        return value
+
+    @field_validator("client")
+    @classmethod
+    def _client_installed(cls, value: ClientKind) -> ClientKind:
+        if value is ClientKind.PICOWS and importlib.util.find_spec("picows") is None:
+            raise rule("picows is not installed", fix="pip install 'ssmd[fast]'")
         return value
 
     @field_validator("rest_url")

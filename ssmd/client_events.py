@@ -1,0 +1,179 @@
+"""What every WebSocket client driver shares: the choice of driver (ClientKind), the handling
+of session events (logs, status records, reconnect and slow-down requests) and the end of a
+connection (STALE/DISCONNECTED records, ExchangeUnavailable when not asked to stop)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from structlog.typing import FilteringBoundLogger
+
+from ssmd.errors import ExchangeUnavailable
+from ssmd.records import Record, StatusEvent
+from ssmd.session import KalshiSession
+from ssmd.session_events import (
+    BookInvalid,
+    DuplicateFrame,
+    ExchangeError,
+    MalformedFrame,
+    ReconnectRequired,
+    RepairStarted,
+    Resynced,
+    SequenceGap,
+    SessionEvent,
+    SlowDown,
+    SubscriptionConfirmed,
+    TradesMissing,
+    UnsupportedFrame,
+)
+
+# Malformed frames are logged with context; past this many per reason only every Nth is.
+_MALFORMED_LOG_FIRST = 20
+_MALFORMED_LOG_EVERY = 1000
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+TICK_S = 0.5  # how often the session is given the time when no frame does (§4.3 deadlines)
+
+
+class ClientKind(enum.Enum):
+    """Which WebSocket library drives the connection (`exchange.client`)."""
+
+    WEBSOCKETS = "websockets"  # the default: ssmd.client.KalshiClient
+    PICOWS = "picows"  # optional extra `ssmd[fast]`: ssmd.client_picows.PicowsKalshiClient
+
+
+class SessionEventHandler:
+    """Turns the session's events into logs, status records and requests to the driver:
+    `reconnect_reason` (close and reconnect) and `command_delay_s` (slow down, §3 code 25)."""
+
+    def __init__(
+        self,
+        session: KalshiSession,
+        log: FilteringBoundLogger,
+        emit: Callable[[Record], Awaitable[None]],
+        trades_missing: Callable[[TradesMissing], Awaitable[None]],
+    ) -> None:
+        self._session = session
+        self._log = log
+        self._emit = emit
+        self._trades_missing = trades_missing
+        self.reconnect_reason: str | None = None
+        self.command_delay_s = 0.0
+
+    async def handle(self, event: SessionEvent) -> None:
+        log = self._log
+        if isinstance(event, SubscriptionConfirmed):
+            log.info("session.subscribed", channel=event.channel.value, sid=event.sid)
+            await self._emit(event.status)
+        elif isinstance(event, SequenceGap):
+            log.warning(
+                "session.gap",
+                sid=event.sid,
+                channel=event.channel.value if event.channel else None,
+                expected_seq=event.expected_seq,
+                received_seq=event.received_seq,
+            )
+            await self._emit(event.status)
+        elif isinstance(event, BookInvalid):
+            log.warning(
+                "session.book_invalid", sid=event.sid, market=event.market, reason=event.reason
+            )
+            await self._emit(event.status)
+        elif isinstance(event, RepairStarted):
+            log.info(
+                "session.repair_started",
+                sid=event.sid,
+                method=event.method.value,
+                markets=len(event.markets),
+                reason=event.reason,
+            )
+        elif isinstance(event, Resynced):
+            log.info(
+                "session.resynced",
+                sid=event.sid,
+                markets=len(event.markets),
+                snapshot_seq=event.snapshot_seq,
+            )
+            await self._emit(event.status)
+        elif isinstance(event, ReconnectRequired):
+            log.warning("session.reconnect_required", reason=event.reason)
+            self.reconnect_reason = event.reason
+        elif isinstance(event, TradesMissing):
+            log.warning(
+                "session.trades_missing",
+                markets=len(event.markets),
+                since_ts_ns=event.since_ts_ns,
+                until_ts_ns=event.until_ts_ns,
+                reason=event.reason,
+            )
+            await self._trades_missing(event)
+        elif isinstance(event, SlowDown):
+            log.warning("session.slow_down", code=event.code)
+            self.command_delay_s = min(max(self.command_delay_s * 2, 0.1), 5.0)
+        elif isinstance(event, ExchangeError):
+            log.warning(
+                "session.exchange_error",
+                code=event.code,
+                message=event.message,
+                command_id=event.command_id,
+                sid=event.sid,
+                terminal=event.terminal,
+            )
+            await self._emit(event.status)
+        elif isinstance(event, DuplicateFrame):
+            log.warning("session.duplicate", sid=event.sid, seq=event.seq, last_seq=event.last_seq)
+        elif isinstance(event, UnsupportedFrame):
+            if event.first_of_type:
+                log.warning("frame.unsupported_type", type=event.type_name)
+        elif isinstance(event, MalformedFrame):
+            count = self._session.stats.malformed_by_reason[event.reason]
+            if count <= _MALFORMED_LOG_FIRST or count % _MALFORMED_LOG_EVERY == 0:
+                log.warning(
+                    "frame.malformed",
+                    reason=event.reason,
+                    detail=event.detail,
+                    type=event.type_name,
+                    excerpt=event.excerpt,
+                    count=count,
+                )
+
+
+async def report_connection_end(
+    *,
+    session: KalshiSession,
+    log: FilteringBoundLogger,
+    emit: Callable[[Record], Awaitable[None]],
+    now_ns: Callable[[], int],
+    url: str,
+    stopped: bool,
+    reason: str,
+    keepalive_timed_out: bool,
+    ping_interval_s: float | None,
+) -> None:
+    """Emit STALE (pings unanswered) and DISCONNECTED; raise ExchangeUnavailable unless the
+    connection ended because `stop` was set."""
+    if stopped:
+        reason = "shutdown"
+    elif keepalive_timed_out:
+        # Our pings went unanswered for ping_interval_s: the exchange is silent, not just
+        # quiet (a quiet market still answers pings and sends its own, §3).
+        reason = f"stale: no pong within {ping_interval_s} s"
+        log.warning("client.stale", ping_interval_s=ping_interval_s)
+        await emit(session.status_record(StatusEvent.STALE, now_ns(), reason=reason))
+    await emit(session.status_record(StatusEvent.DISCONNECTED, now_ns(), reason=reason))
+    log.info("client.disconnected", reason=reason, **session_stats(session))
+    if not stopped:
+        raise ExchangeUnavailable(url, f"connection closed: {reason}")
+
+
+def session_stats(session: KalshiSession) -> dict[str, Any]:
+    stats = session.stats
+    return {
+        "frames_received": stats.frames_received,
+        "records_out": stats.records_out,
+        "gaps": stats.gaps,
+        "duplicates": stats.duplicates,
+        "unsupported": dict(stats.unsupported_by_type),
+        "malformed": dict(stats.malformed_by_reason),
+    }
