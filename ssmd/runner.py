@@ -22,6 +22,7 @@ from ssmd.errors import ConfigError, SsmdError
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.logs import get_logger
 from ssmd.natsserver import NatsServer, NatsServerError
+from ssmd.ops import OpsServer, OpsState, parse_address
 from ssmd.records import Record
 from ssmd.rest import KalshiRest, rest_base_url
 from ssmd.retry import RetryPolicy
@@ -29,6 +30,7 @@ from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor
 from ssmd.transport import build_transport
 from ssmd.transport.base import Transport
 
+STALE_PINGS = 3  # ops.stale_after_s defaults to this many exchange ping intervals
 EXIT_OK = 0
 EXIT_FAILED = 1
 LOCAL_KEY_ID = "local-simulator"
@@ -147,7 +149,18 @@ class Connector:
         self.failure: SsmdError | None = None
         self.supervisor: ConnectionSupervisor | None = None
         self.nats_server: NatsServer | None = None
+        self.exchange: Exchange | None = None
+        self.ops: OpsServer | None = None
+        self.transport_accepting = False  # started and not yet closing (for /ready)
         self._drained = asyncio.Event()
+
+    @property
+    def has_transport(self) -> bool:
+        return self._transport is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     @property
     def transport(self) -> Transport:
@@ -157,7 +170,44 @@ class Connector:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set or intake fails; always drain and close the transport,
-        then stop the managed nats-server (if the environment has one)."""
+        then stop the managed nats-server (if the environment has one). The ops server
+        (`ops.address`) runs from start to end, so /ready says why while starting."""
+        self.ops = await self._start_ops(stop)
+        try:
+            return await self._run_managed(stop)
+        finally:
+            if self.ops is not None:
+                await self.ops.stop()
+
+    async def _start_ops(self, stop: asyncio.Event) -> OpsServer | None:
+        ops = self.settings.ops
+        if ops.address is None:
+            return None
+        host, port = parse_address(ops.address)
+        stale_after_s = ops.stale_after_s or STALE_PINGS * self.settings.exchange.ping_interval_s
+        server = OpsServer(
+            OpsState(
+                self,
+                stop=stop,
+                stale_after_s=stale_after_s,
+                ping_interval_s=self.settings.exchange.ping_interval_s,
+            ),
+            host=host,
+            port=port,
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            await server.stop()
+            raise ConfigError(
+                f"cannot serve ops endpoints on {ops.address}: {exc.strerror or exc}",
+                source=self.settings.source,
+                field="ops.address",
+                fix="choose a free port (0 takes any), or set ops.address: null to turn it off",
+            ) from exc
+        return server
+
+    async def _run_managed(self, stop: asyncio.Event) -> int:
         nats_server = self.nats_server = await start_managed_nats(self.settings)
         try:
             if self._transport is None:
@@ -172,10 +222,11 @@ class Connector:
                 log.info("nats_server.stopped", url=nats_server.url)
 
     async def _run_pipeline(self, stop: asyncio.Event) -> int:
-        exchange = await open_exchange(self.settings)
+        exchange = self.exchange = await open_exchange(self.settings)
         rest: KalshiRest | None = None
         try:
             await self.transport.start()
+            self.transport_accepting = True
             plan = ConnectionPlan(
                 name=f"{self.settings.name}/{os.getpid()}",
                 url=exchange.url,
@@ -212,6 +263,7 @@ class Connector:
                 await self._drained.wait()
                 summary.cancel()
         finally:
+            self.transport_accepting = False
             await self.transport.close()
             if rest is not None:
                 await rest.close()

@@ -222,6 +222,9 @@ async def test_local_environment_runs_and_stops_cleanly(tmp_path: Path) -> None:
     stream holds them. The port is 0 in a copy of local.yaml, so tests never use a fixed port."""
     shipped = (REPO / "environments" / "local.yaml").read_text()
     assert "    port: 4222" in shipped
+    # The ops server's fixed port too: any free one in tests.
+    assert "address: 127.0.0.1:9464" in shipped
+    shipped = shipped.replace("address: 127.0.0.1:9464", "address: 127.0.0.1:0", 1)
     env = tmp_path / "local.yaml"
     env.write_text(shipped.replace("    port: 4222", "    port: 0", 1))
     proc = await asyncio.create_subprocess_exec(

@@ -1,5 +1,5 @@
 """The environment schema (pydantic v2): Settings and its non-transport sections (exchange,
-reconnect, simulator, credentials, subscription, file transport, runtime, log), plus
+reconnect, simulator, credentials, subscription, file transport, runtime, log, ops), plus
 resolve_credentials() and describe(). NATS transport settings live in nats.py."""
 
 from __future__ import annotations
@@ -217,6 +217,23 @@ class RuntimeSettings(Section):
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class OpsSettings(Section):
+    """The operations HTTP server (ssmd.ops): /metrics, /health, /ready. No address = off."""
+
+    address: str | None = None  # "host:port", e.g. "127.0.0.1:9464"; port 0 = any free port
+    stale_after_s: float | None = Field(default=None, gt=0)  # None: 3 x exchange.ping_interval_s
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise rule("must be host:port", fix='e.g. "127.0.0.1:9464", or null to turn it off')
+        return value
+
+
 class LogSettings(Section):
     level: LogLevel = LogLevel.INFO  # SSMD_LOG_LEVEL overrides it (ssmd.logs)
     format: LogFormat = LogFormat.AUTO
@@ -232,6 +249,7 @@ class Settings(Section):
     transport: TransportSettings = FileTransportSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
+    ops: OpsSettings = OpsSettings()
 
     _source: str = PrivateAttr(default="<in-memory settings>")
 
@@ -243,7 +261,7 @@ class Settings(Section):
     @classmethod
     def _empty_sections_take_defaults(cls, data: object) -> object:
         # `runtime:` with every child commented out (YAML null) means the defaults.
-        return drop_null_sections(data, ("subscription", "transport", "runtime", "log"))
+        return drop_null_sections(data, ("subscription", "transport", "runtime", "log", "ops"))
 
     @field_validator("transport")
     @classmethod
