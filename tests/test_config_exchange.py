@@ -30,6 +30,7 @@ from ssmd.retry import RetryPolicy
 from ssmd.runner import Connector, open_exchange, retry_policy
 from ssmd.supervisor import ConnectionPlan
 
+from .conftest import write_pem
 from .test_config import REAL_YAML, REPO_ENVIRONMENTS, load_error, pem_of, write
 
 
@@ -376,3 +377,48 @@ async def test_the_connector_plans_with_the_configured_client(tmp_path: Path) ->
     assert await connector.run(stop) == 0
     assert connector.supervisor is not None
     assert connector.supervisor.plan.client is ClientKind.PICOWS
+
+
+KEY_ID_FILE_YAML = """\
+exchange:
+  ws_url: wss://example.test/trade-api/ws/v2
+credentials:
+  key_id_file: {key_id_file}
+  private_key_file: {key_file}
+subscription:
+  markets: [KXA-1]
+transport:
+  kind: file
+"""
+
+
+def test_key_id_from_a_file(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    key_file = write_pem(tmp_path / "k.pem", rsa_key)
+    (tmp_path / "key.id").write_text("  0b5c2a47-file-key\n")
+    text = KEY_ID_FILE_YAML.format(key_id_file=tmp_path / "key.id", key_file=key_file)
+    credentials = resolve_credentials(load_environment(str(write(tmp_path, text))))
+    assert credentials is not None
+    assert credentials.key_id == "0b5c2a47-file-key"
+
+
+@pytest.mark.parametrize(("content", "message"), [(None, "cannot read"), ("  \n", "is empty")])
+def test_key_id_file_missing_or_empty_names_the_field(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, content: str | None, message: str
+) -> None:
+    key_file = write_pem(tmp_path / "k.pem", rsa_key)
+    if content is not None:
+        (tmp_path / "key.id").write_text(content)
+    text = KEY_ID_FILE_YAML.format(key_id_file=tmp_path / "key.id", key_file=key_file)
+    with pytest.raises(ConfigError) as info:
+        resolve_credentials(load_environment(str(write(tmp_path, text))))
+    assert info.value.field == "credentials.key_id_file"
+    assert message in info.value.message
+    assert str(tmp_path / "key.id") in str(info.value)
+
+
+def test_key_id_sources_are_exclusive(tmp_path: Path) -> None:
+    text = KEY_ID_FILE_YAML.format(key_id_file=tmp_path / "key.id", key_file=tmp_path / "k.pem")
+    text = text.replace("credentials:\n", "credentials:\n  key_id_env: KALSHI_API_KEY_ID\n")
+    error = load_error(tmp_path, text)
+    assert "exactly one of key_id, key_id_env, key_id_file" in error.message
+    assert "key_id_env and key_id_file are set" in error.message

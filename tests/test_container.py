@@ -107,7 +107,8 @@ def test_compose_shares_the_simulator_key_with_the_connector() -> None:
     assert f"./environments/compose.yaml:{IMAGE_CONFIG}:ro" in services["connector"]["volumes"]
     environment = yaml.safe_load(COMPOSE_ENV.read_text())
     assert environment["credentials"]["private_key_file"] == f"{key_dir}/{DEMO_KEY_FILENAME}"
-    assert f"{key_dir}/{DEMO_KEY_ID_FILENAME}" in " ".join(services["connector"]["entrypoint"])
+    assert environment["credentials"]["key_id_file"] == f"{key_dir}/{DEMO_KEY_ID_FILENAME}"
+    assert "entrypoint" not in services["connector"]  # the image's own: ssmd-connector
     assert environment["exchange"]["ws_url"].startswith("ws://exchange:8765/")
     assert environment["transport"]["servers"] == ["nats://nats:4222"]
 
@@ -213,12 +214,10 @@ def test_entrypoint_checks_the_compose_environment(clean_venv: Path, tmp_path: P
     key_id, pem_path, _public_key = write_demo_key(shared)
     environment = yaml.safe_load(COMPOSE_ENV.read_text())
     environment["credentials"]["private_key_file"] = str(pem_path)
+    environment["credentials"]["key_id_file"] = str(shared / DEMO_KEY_ID_FILENAME)
     env_path = tmp_path / "env.yaml"
     env_path.write_text(yaml.safe_dump(environment))
-    env = _clean_env() | {
-        "SSMD_ENV": str(env_path),
-        "KALSHI_API_KEY_ID": (shared / DEMO_KEY_ID_FILENAME).read_text().strip(),
-    }
+    env = _clean_env() | {"SSMD_ENV": str(env_path)}
     checked = subprocess.run(
         [clean_venv / "bin" / "ssmd-connector", "--check"],
         capture_output=True,
@@ -239,7 +238,7 @@ def test_entrypoint_checks_the_compose_environment(clean_venv: Path, tmp_path: P
 def test_entrypoint_without_the_key_fails_with_a_usage_error(
     clean_venv: Path, tmp_path: Path
 ) -> None:
-    env = _clean_env() | {"SSMD_ENV": str(COMPOSE_ENV), "KALSHI_API_KEY_ID": "k"}
+    env = _clean_env() | {"SSMD_ENV": str(COMPOSE_ENV)}
     checked = subprocess.run(
         [clean_venv / "bin" / "ssmd-connector", "--check"],
         capture_output=True,
@@ -249,4 +248,5 @@ def test_entrypoint_without_the_key_fails_with_a_usage_error(
         timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert checked.returncode == 2
-    assert "ssmd-demo-key.pem" in checked.stderr
+    assert "ssmd-demo-key.id" in checked.stderr
+    assert "credentials.key_id_file" in checked.stderr

@@ -144,6 +144,7 @@ class CredentialsSettings(Section):
 
     key_id: str | None = Field(default=None, min_length=1)
     key_id_env: str | None = None
+    key_id_file: CwdPath | None = None
     private_key_file: CwdPath | None = None
     private_key_env: str | None = None
 
@@ -167,18 +168,40 @@ class CredentialsSettings(Section):
 
     @model_validator(mode="after")
     def _exactly_one_each(self) -> CredentialsSettings:
-        pairs = (("key_id", "key_id_env"), ("private_key_file", "private_key_env"))
-        for first, second in pairs:
-            has_first = getattr(self, first) is not None
-            has_second = getattr(self, second) is not None
-            if has_first == has_second:
-                state = "both are set" if has_first else "neither is set"
+        groups = (("key_id", "key_id_env", "key_id_file"), ("private_key_file", "private_key_env"))
+        for names in groups:
+            given = [name for name in names if getattr(self, name) is not None]
+            if len(given) != 1:
+                nobody = "neither is set" if len(names) == 2 else "none is set"
+                state = " and ".join(given) + " are set" if given else nobody
+                listed = " / ".join(f"credentials.{name}" for name in names)
                 raise rule(
-                    f"set exactly one of {first} or {second} ({state})",
-                    field=second if has_first else first,
-                    fix=f"keep exactly one of credentials.{first} / credentials.{second}",
+                    f"set exactly one of {', '.join(names)} ({state})",
+                    field=given[-1] if given else names[0],
+                    fix=f"keep exactly one of {listed}",
                 )
         return self
+
+
+def _read_key_id_file(path: Path, *, source: str) -> str:
+    """The key id from a file (e.g. one a secret mount or the simulator wrote), stripped."""
+    try:
+        key_id = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the key id file {path} ({exc.strerror})",
+            source=source,
+            field="credentials.key_id_file",
+            fix="mount or write the file, or use credentials.key_id_env",
+        ) from exc
+    if not key_id:
+        raise ConfigError(
+            f"the key id file {path} is empty",
+            source=source,
+            field="credentials.key_id_file",
+            fix="write your Kalshi API key id into it",
+        )
+    return key_id
 
 
 class SubscriptionSettings(Section):
@@ -297,6 +320,8 @@ def resolve_credentials(settings: Settings) -> Credentials | None:
         return None
     if section.key_id is not None:
         key_id = section.key_id
+    elif section.key_id_file is not None:
+        key_id = _read_key_id_file(section.key_id_file, source=settings.source)
     else:
         assert section.key_id_env is not None  # guaranteed by CredentialsSettings
         key_id = os.environ.get(section.key_id_env, "").strip()
