@@ -41,38 +41,6 @@ class Verdict:
 
 
 @dataclass
-class SessionTotals:
-    """Counters summed over every session the supervisor has run: a session's counters start at
-    zero on each reconnect, a Prometheus counter must not. Pure; fed by `observe()`."""
-
-    retired: SessionStats = field(default_factory=SessionStats)
-    current: KalshiSession | None = None
-
-    def observe(self, session: KalshiSession | None) -> SessionStats:
-        """Fold the previous session in when the supervisor has replaced it; return the sum."""
-        if session is not self.current:
-            if self.current is not None:
-                _add_into(self.retired, self.current.stats)
-            self.current = session
-        total = SessionStats()
-        _add_into(total, self.retired)
-        if session is not None:
-            _add_into(total, session.stats)
-        return total
-
-
-def _add_into(total: SessionStats, stats: SessionStats) -> None:
-    total.frames_received += stats.frames_received
-    total.records_out += stats.records_out
-    total.gaps += stats.gaps
-    total.duplicates += stats.duplicates
-    total.repairs += stats.repairs
-    total.resyncs += stats.resyncs
-    total.unsupported_by_type.update(stats.unsupported_by_type)
-    total.malformed_by_reason.update(stats.malformed_by_reason)
-
-
-@dataclass
 class ActivityWatch:
     """When frames last arrived, from the frame total sampled now and then (pure, clocks are
     passed in). The start counts as activity, so a process is not stale before its window."""
@@ -118,13 +86,12 @@ class OpsState:
         self._stop = stop
         self._monotonic_s = monotonic_s
         self._wall_s = wall_s
-        self.totals = SessionTotals()
         self.activity = ActivityWatch(monotonic_s(), wall_s())
 
     def sample(self) -> SessionStats:
-        """Fold in replaced sessions and note frame activity; the summed session counters."""
+        """The session counters summed over every connection; notes frame activity."""
         supervisor = self.connector.supervisor
-        totals = self.totals.observe(supervisor.session if supervisor else None)
+        totals = supervisor.total_stats() if supervisor else SessionStats()
         self.activity.observe(totals.frames_received, self._monotonic_s(), self._wall_s())
         return totals
 

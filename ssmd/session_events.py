@@ -181,3 +181,14 @@ class SessionStats:
     resyncs: int = 0
     unsupported_by_type: Counter[str] = field(default_factory=Counter)
     malformed_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: SessionStats) -> None:
+        """Fold another session's counters into these (totals across reconnects)."""
+        self.frames_received += other.frames_received
+        self.records_out += other.records_out
+        self.gaps += other.gaps
+        self.duplicates += other.duplicates
+        self.repairs += other.repairs
+        self.resyncs += other.resyncs
+        self.unsupported_by_type.update(other.unsupported_by_type)
+        self.malformed_by_reason.update(other.malformed_by_reason)

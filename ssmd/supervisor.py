@@ -22,7 +22,7 @@ from ssmd.records import Record, StatusEvent
 from ssmd.rest import KalshiRest
 from ssmd.retry import RetryPolicy, Verdict
 from ssmd.session import KalshiSession, RecentIds
-from ssmd.session_events import TradesMissing
+from ssmd.session_events import SessionStats, TradesMissing
 
 if TYPE_CHECKING:
     from ssmd.client_picows import PicowsKalshiClient
@@ -78,10 +78,21 @@ class ConnectionSupervisor:
         self.connections = 0
         self.reconnects = 0
         self.backfilled = 0
+        # Counters of finished connections; a session's own start at zero on each reconnect.
+        self.retired_stats = SessionStats()
+        self._live: KalshiSession | None = None
 
     @property
     def session(self) -> KalshiSession | None:
         return self.client.session if self.client else None
+
+    def total_stats(self) -> SessionStats:
+        """Every connection's session counters summed, exactly (for metrics)."""
+        total = SessionStats()
+        total.add(self.retired_stats)
+        if self._live is not None:
+            total.add(self._live.stats)
+        return total
 
     async def run(self, stop: asyncio.Event) -> None:
         # Backfills run beside the connections and are awaited before returning. A fatal
@@ -121,6 +132,7 @@ class ConnectionSupervisor:
 
             client.on_trades_missing = on_missing
             self.client = client
+            self._live = session
             started_s = self._monotonic_s()
             connected_ns = self._clock_ns()
             error: ExchangeUnavailable | HandshakeRejected | None = None
@@ -128,6 +140,9 @@ class ConnectionSupervisor:
                 await client.run(stop)
             except (ExchangeUnavailable, HandshakeRejected) as exc:
                 error = exc
+            finally:
+                self.retired_stats.add(session.stats)
+                self._live = None
             if stop.is_set():
                 return None
             lived_s = self._monotonic_s() - started_s if client.connected.is_set() else 0.0

@@ -122,8 +122,11 @@ async def test_reconnects_after_a_close_and_restores_every_subscription(
         )
         before = len(got.records)
         await wait_until(lambda: len(got.records) > before + 50, 10, "data after reconnect")
+    sent = list(sim.sent)
     assert supervisor.connections == 2
     assert supervisor.reconnects == 1
+    # Totals span both connections exactly: a clean close loses no frame.
+    assert supervisor.total_stats().frames_received == len(sent)
     events = got.statuses()
     assert events[:1] == [StatusEvent.CONNECTED]
     assert events.count(StatusEvent.CONNECTED) == 2
