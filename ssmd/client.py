@@ -7,57 +7,26 @@ times, applies backpressure through a bounded queue and logs session events.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 
-import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ssmd.auth import Credentials
 from ssmd.client_events import (
     MAX_FRAME_BYTES,
     TICK_S,
-    SessionEventHandler,
+    ClientBase,
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
-from ssmd.records import Record, StatusEvent
-from ssmd.session import KalshiSession
-from ssmd.session_events import TradesMissing
+from ssmd.records import StatusEvent
 
 
-class KalshiClient:
+class KalshiClient(ClientBase):
     """Runs one connection until `stop` is set (clean close) or the exchange goes away.
 
     Records go to `sink`; a full sink blocks reading, which pushes back on the exchange
     through TCP rather than dropping anything.
     """
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        credentials: Credentials,
-        session: KalshiSession,
-        sink: asyncio.Queue[Record | None],
-        open_timeout_s: float = 10.0,
-        ping_interval_s: float | None = 10.0,
-        clock_ns: Callable[[], int] = time.time_ns,
-    ) -> None:
-        self.url = url
-        self.session = session
-        self._credentials = credentials
-        self._sink = sink
-        self._open_timeout_s = open_timeout_s
-        self._ping_interval_s = ping_interval_s
-        self._clock_ns = clock_ns
-        self._log = structlog.get_logger("ssmd.client").bind(
-            connection_id=session.connection_id, url=url
-        )
-        self.connected = asyncio.Event()
-        self.on_trades_missing: Callable[[TradesMissing], Awaitable[None]] | None = None
-        self._events = SessionEventHandler(session, self._log, self._emit, self._trades_missing)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
@@ -159,13 +128,6 @@ class KalshiClient:
             if self._events.reconnect_reason is not None:
                 await ws.close(code=1000, reason="resync")
                 return
-
-    async def _emit(self, record: Record) -> None:
-        await self._sink.put(record)
-
-    async def _trades_missing(self, event: TradesMissing) -> None:
-        if self.on_trades_missing is not None:
-            await self.on_trades_missing(event)
 
 
 def _keepalive_timed_out(ws: ClientConnection) -> bool:

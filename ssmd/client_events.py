@@ -4,12 +4,16 @@ connection (STALE/DISCONNECTED records, ExchangeUnavailable when not asked to st
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from structlog.typing import FilteringBoundLogger
 
+from ssmd.auth import Credentials
 from ssmd.errors import ExchangeUnavailable
 from ssmd.records import Record, StatusEvent
 from ssmd.session import KalshiSession
@@ -177,3 +181,42 @@ def session_stats(session: KalshiSession) -> dict[str, Any]:
         "unsupported": dict(stats.unsupported_by_type),
         "malformed": dict(stats.malformed_by_reason),
     }
+
+
+class ClientBase:
+    """State and helpers both client drivers share: the session, the bounded sink (a full sink
+    blocks, pushing back on the exchange), the clock, the event handler and the connected flag."""
+
+    library = "websockets"  # logged with every line of this client
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        credentials: Credentials,
+        session: KalshiSession,
+        sink: asyncio.Queue[Record | None],
+        open_timeout_s: float = 10.0,
+        ping_interval_s: float | None = 10.0,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.url = url
+        self.session = session
+        self._credentials = credentials
+        self._sink = sink
+        self._open_timeout_s = open_timeout_s
+        self._ping_interval_s = ping_interval_s
+        self._clock_ns = clock_ns
+        self._log: FilteringBoundLogger = structlog.get_logger("ssmd.client").bind(
+            connection_id=session.connection_id, url=url, client=self.library
+        )
+        self.connected = asyncio.Event()
+        self.on_trades_missing: Callable[[TradesMissing], Awaitable[None]] | None = None
+        self._events = SessionEventHandler(session, self._log, self._emit, self._trades_missing)
+
+    async def _emit(self, record: Record) -> None:
+        await self._sink.put(record)
+
+    async def _trades_missing(self, event: TradesMissing) -> None:
+        if self.on_trades_missing is not None:
+            await self.on_trades_missing(event)

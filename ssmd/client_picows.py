@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
-from collections.abc import Awaitable, Callable
 
-import structlog
 from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
@@ -22,17 +19,14 @@ from picows import (
     ws_connect,
 )
 
-from ssmd.auth import Credentials
 from ssmd.client_events import (
     MAX_FRAME_BYTES,
     TICK_S,
-    SessionEventHandler,
+    ClientBase,
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
 from ssmd.records import Record, StatusEvent
-from ssmd.session import KalshiSession
-from ssmd.session_events import TradesMissing
 
 # Frames parsed while the pump has work pending wait here; past this many, reading pauses.
 _BACKLOG_PAUSE_FRAMES = 64
@@ -40,7 +34,7 @@ _CLOSE_TIMEOUT_S = 10.0  # our close frame sent → the exchange's close frame (
 _KEEPALIVE_CLOSE = WSCloseCode.GOING_AWAY  # what picows sends when a pong is late
 
 
-class PicowsKalshiClient:
+class PicowsKalshiClient(ClientBase):
     """Runs one connection until `stop` is set (clean close) or the exchange goes away.
 
     Frames are decoded in picows' callback while the sink has room and the session wants
@@ -48,30 +42,7 @@ class PicowsKalshiClient:
     pauses: a full sink pushes back on the exchange through TCP rather than dropping anything.
     """
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        credentials: Credentials,
-        session: KalshiSession,
-        sink: asyncio.Queue[Record | None],
-        open_timeout_s: float = 10.0,
-        ping_interval_s: float | None = 10.0,
-        clock_ns: Callable[[], int] = time.time_ns,
-    ) -> None:
-        self.url = url
-        self.session = session
-        self._credentials = credentials
-        self._sink = sink
-        self._open_timeout_s = open_timeout_s
-        self._ping_interval_s = ping_interval_s
-        self._clock_ns = clock_ns
-        self._log = structlog.get_logger("ssmd.client").bind(
-            connection_id=session.connection_id, url=url, client="picows"
-        )
-        self.connected = asyncio.Event()
-        self.on_trades_missing: Callable[[TradesMissing], Awaitable[None]] | None = None
-        self._events = SessionEventHandler(session, self._log, self._emit, self._trades_missing)
+    library = "picows"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
@@ -171,13 +142,6 @@ class PicowsKalshiClient:
     @property
     def reconnect_reason(self) -> str | None:
         return self._events.reconnect_reason
-
-    async def _emit(self, record: Record) -> None:
-        await self._sink.put(record)
-
-    async def _trades_missing(self, event: TradesMissing) -> None:
-        if self.on_trades_missing is not None:
-            await self.on_trades_missing(event)
 
 
 class _FrameListener(WSListener):
