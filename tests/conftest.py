@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from nats.js import api as js_api
 
 from ssmd.auth import generate_private_key
 from ssmd.natsserver import NatsServer
@@ -54,3 +57,35 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
     finally:
         await server.stop()
+
+
+@dataclass
+class Stored:
+    """One message as JetStream stored it."""
+
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+async def read_stream(url: str, stream: str, subject: str) -> list[Stored]:
+    """Every message of `stream` on `subject` (a filter, e.g. `prefix.>`), in stream order (an
+    ephemeral pull consumer, 1,000 a fetch)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=1)  # API calls: short, so callers can retry quickly
+        info = await js.stream_info(stream)
+        total = info.state.messages
+        config = js_api.ConsumerConfig(
+            ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL
+        )
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
+        stored: list[Stored] = []
+        while len(stored) < total:
+            for msg in await sub.fetch(batch=min(1000, total - len(stored)), timeout=5):
+                seq = msg.metadata.sequence.stream
+                stored.append(Stored(seq, msg.subject, dict(msg.headers or {}), msg.data))
+        return stored
+    finally:
+        await nc.close()

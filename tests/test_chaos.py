@@ -52,6 +52,7 @@ from ssmd.records import (
 )
 from ssmd.wiretime import rfc3339_to_ns
 
+from .conftest import read_stream as read_any_stream
 from .conftest import write_pem
 from .test_connector_e2e import KEY_ID, spawn_connector, write_connector_env
 
@@ -82,17 +83,10 @@ def write_env(
 
 async def read_stream(nats_url: str) -> list[Record]:
     decoder = msgspec.json.Decoder(Record)
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(STREAM)
-        records = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg(STREAM, seq)
-            records.append(decoder.decode(message.data or b""))
-        return records
-    finally:
-        await nc.close()
+    return [
+        decoder.decode(m.data)
+        for m in await read_any_stream(nats_url, STREAM, "ssmd.chaos.kalshi.>")
+    ]
 
 
 def comparable(record: RecordBase) -> RecordBase:

@@ -11,7 +11,6 @@ import signal
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -20,6 +19,7 @@ from ssmd.natsserver import NatsServer
 from ssmd.records import Record, RecordBase, Status, StatusEvent, record_kind
 from ssmd.subjects import SubjectMapper, msg_id_for
 
+from .conftest import read_stream as read_any_stream
 from .conftest import write_pem
 from .test_connector_e2e import (
     KEY_ID,
@@ -60,25 +60,12 @@ class StoredMessage(msgspec.Struct):
 
 
 async def read_stream(nats_url: str) -> list[StoredMessage]:
-    """Every message in the stream, in stream order."""
+    """Every message in the stream, in stream order, its payload decoded."""
     decoder = msgspec.json.Decoder(Record)
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(STREAM)
-        stored = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg(STREAM, seq)
-            stored.append(
-                StoredMessage(
-                    subject=message.subject,
-                    headers=dict(message.headers or {}),
-                    record=decoder.decode(message.data or b""),
-                )
-            )
-        return stored
-    finally:
-        await nc.close()
+    return [
+        StoredMessage(subject=m.subject, headers=m.headers, record=decoder.decode(m.data))
+        for m in await read_any_stream(nats_url, STREAM, f"{PREFIX}.>")
+    ]
 
 
 def assert_stream_matches(stored: list[StoredMessage], sent: list[bytes]) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,9 @@ from ssmd.transport.nats_core import (
     hpub_command,
     parse_pub_ack,
 )
+
+from .conftest import Stored
+from .conftest import read_stream as read_any_stream
 
 pytestmark = pytest.mark.integration
 
@@ -151,35 +153,8 @@ def one_of_each_kind() -> list[Record]:
     ]
 
 
-@dataclass
-class Stored:
-    seq: int
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-
 async def read_stream(url: str, stream: str = STREAM) -> list[Stored]:
-    """Every message in the stream, in stream order (an ephemeral pull consumer)."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream(timeout=1)  # API calls: short, so callers can retry quickly
-        total = (await js.stream_info(stream)).state.messages
-        config = js_api.ConsumerConfig(
-            ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL
-        )
-        sub = await js.pull_subscribe(f"{PREFIX}.>", stream=stream, config=config)
-        stored: list[Stored] = []
-        while len(stored) < total:
-            for msg in await sub.fetch(batch=min(1000, total - len(stored)), timeout=5):
-                stored.append(
-                    Stored(
-                        msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}), msg.data
-                    )
-                )
-        return stored
-    finally:
-        await nc.close()
+    return await read_any_stream(url, stream, f"{PREFIX}.>")
 
 
 def decode_json(stored: list[Stored]) -> list[Record]:
