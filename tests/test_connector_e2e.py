@@ -364,7 +364,36 @@ def test_check_validates_and_prints_no_secret(tmp_path: Path, rsa_key: rsa.RSAPr
     assert result.returncode == 0, result.stderr
     assert "PRIVATE KEY" not in result.stdout + result.stderr
     summary = json.loads(result.stdout)
-    assert isinstance(summary, dict)
+    assert summary["source"] == str(env)
+    assert summary["name"] == "e2e"
+    assert summary["credentials"]["private_key_file"] == str(key_file)
+    assert summary["credentials"]["key_id_env"] == "SSMD_TEST_KEY_ID"
+    assert summary["subscription"]["markets"] == ["KXA-1"]
+    body = key_file.read_text().splitlines()[1]
+    assert body not in result.stdout + result.stderr
+
+
+def test_check_refuses_an_unusable_key_naming_the_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.pem"
+    key_file.write_text("not a key\n")
+    env = write_env(
+        tmp_path,
+        url="wss://example.invalid/trade-api/ws/v2",
+        key_file=key_file,
+        markets=["KXA-1"],
+        records_dir=tmp_path / "r",
+    )
+    result = subprocess.run(
+        [CONNECTOR, "--env", str(env), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
+    )
+    assert result.returncode == 2
+    assert str(key_file) in result.stderr
+    assert "not a PEM private key" in result.stderr
+    assert result.stdout == ""
 
 
 def test_ssmd_normalize_command_on_a_capture_file() -> None:
