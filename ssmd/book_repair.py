@@ -95,9 +95,6 @@ class BookRepairs:
     def active(self) -> bool:
         return bool(self._by_sid or self._by_command or self._unsubscribing)
 
-    def forget_sid(self, sid: int) -> None:
-        self._by_sid.pop(sid, None)
-
     def on_book_record(
         self,
         record: BookDelta | BookSnapshot,

@@ -81,8 +81,6 @@ class PipelinedPublisher:
         self._window = window
         self._in_flight = 0
         self._room = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.errors = 0
         self._inbox = nc.new_inbox()
 
@@ -94,20 +92,13 @@ class PipelinedPublisher:
             self.errors += 1
         self._in_flight -= 1
         self._room.set()
-        if self._in_flight == 0:
-            self._idle.set()
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         while self._in_flight >= self._window:
             self._room.clear()
             await self._room.wait()
         self._in_flight += 1
-        self._idle.clear()
         await self._nc.publish(subject, payload, reply=self._inbox, headers=headers)
-
-    async def drain(self) -> None:
-        await self._nc.flush()
-        await self._idle.wait()
 
 
 async def run_ceiling(
