@@ -96,14 +96,8 @@ class OpsState:
         return totals
 
     def connected(self) -> bool:
-        """The current connection is open: its client connected and it has not ended (an ended
-        connection is counted in `reconnects` before the next one is made)."""
         supervisor = self.connector.supervisor
-        if supervisor is None or supervisor.client is None:
-            return False
-        return supervisor.client.connected.is_set() and supervisor.reconnects < (
-            supervisor.connections
-        )
+        return supervisor is not None and supervisor.connected
 
     def health(self) -> Verdict:
         """Alive and not stale: a frame, or a pong, within `stale_after_s`. Pongs are not seen

@@ -86,6 +86,11 @@ class ConnectionSupervisor:
     def session(self) -> KalshiSession | None:
         return self.client.session if self.client else None
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open now: its handshake succeeded and its run has not ended."""
+        return self._live is not None and self.client is not None and self.client.connected.is_set()
+
     def total_stats(self) -> SessionStats:
         """Every connection's session counters summed, exactly (for metrics)."""
         total = SessionStats()

@@ -122,7 +122,9 @@ async def test_reconnects_after_a_close_and_restores_every_subscription(
         )
         before = len(got.records)
         await wait_until(lambda: len(got.records) > before + 50, 10, "data after reconnect")
+        assert supervisor.connected
     sent = list(sim.sent)
+    assert not supervisor.connected
     assert supervisor.connections == 2
     assert supervisor.reconnects == 1
     # Totals span both connections exactly: a clean close loses no frame.
