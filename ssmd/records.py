@@ -56,6 +56,8 @@ class StatusEvent(enum.Enum):
     RESYNCED = "resynced"
     EXCHANGE_ERROR = "exchange_error"
     DROPPED = "dropped"
+    MARKETS_ADDED = "markets_added"  # these markets' streams start on this connection
+    MARKETS_REMOVED = "markets_removed"  # ... and these end (settled, deselected, moved)
 
 
 class Level(msgspec.Struct, frozen=True, array_like=True, gc=False):
