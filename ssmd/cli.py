@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -23,6 +23,11 @@ from ssmd import __version__
 from ssmd.config import describe, load_environment, resolve_credentials
 from ssmd.errors import AuthError, ConfigError, SsmdError
 from ssmd.logs import LogFormat, configure_logging
+from ssmd.replay import add_replay_parser
+
+if TYPE_CHECKING:
+    from ssmd.config import Settings
+    from ssmd.config.selection import RestRateSettings, SelectionSettings, ShardSettings
 
 EXIT_USAGE = 2
 
@@ -240,6 +245,130 @@ def _tail_command(args: argparse.Namespace) -> int:
         return 128 + signal.SIGINT
 
 
+def _add_markets_parser(commands: Any) -> None:
+    markets = commands.add_parser(
+        "markets",
+        help="resolve the environment's market selection over REST and print it",
+        description=(
+            "Resolve subscription.select (series, events, categories, tags, status, filters,"
+            " shard, cap) plus subscription.markets over Kalshi REST (PROTOCOL.md §9), without"
+            " opening the WebSocket, and print how many markets it selects, a sample of"
+            " tickers and the counts by series. With the in-process simulator, starts it and"
+            " asks its REST side. Exit 0 on success, 1 when the exchange fails, 2 for bad"
+            " configuration or refused credentials."
+        ),
+    )
+    markets.add_argument(
+        "--env",
+        default=os.environ.get("SSMD_ENV"),
+        help="environment name (environments/NAME.yaml) or a YAML path; default $SSMD_ENV",
+    )
+    markets.add_argument("--json", action="store_true", help="print one JSON document")
+    markets.add_argument(
+        "--sample",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="how many tickers to show (readable output; --json lists them all)",
+    )
+    markets.set_defaults(handler=_markets_command)
+
+
+def _markets_command(args: argparse.Namespace) -> int:
+    from ssmd.config.selection import SelectionSettings
+
+    if not args.env:
+        print("ssmd markets: --env is required (or set SSMD_ENV)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = load_environment(args.env)
+        run = run_markets(
+            settings,
+            settings.subscription.select or SelectionSettings(),
+            shard=settings.subscription.shard,
+            rate=settings.exchange.rest_rate,
+            out=sys.stdout,
+            as_json=args.json,
+            sample=args.sample,
+        )
+        return _run_async(run)
+    except (ConfigError, AuthError) as exc:
+        print(f"ssmd markets: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SsmdError as exc:  # the exchange is unreachable or answered something unusable
+        print(f"ssmd markets: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def run_markets(
+    settings: Settings,
+    select: SelectionSettings,
+    *,
+    shard: ShardSettings | None = None,
+    rate: RestRateSettings | None = None,
+    out: TextIO,
+    as_json: bool = False,
+    sample: int = 10,
+    clock_ns: Callable[[], int] = time.time_ns,
+) -> int:
+    """`ssmd markets`: resolve the selection (plus subscription.markets) over REST, starting
+    the in-process simulator when the environment uses it, and write the result to `out`."""
+    from ssmd.assembly import open_exchange
+    from ssmd.config.selection import RestRateSettings
+    from ssmd.discovery import CatalogClient, discover
+    from ssmd.rest import rest_base_url
+    from ssmd.selection import Selection
+
+    selection = Selection.from_settings(select, tickers=settings.subscription.markets, shard=shard)
+    exchange = await open_exchange(settings)
+    try:
+        rest_url = settings.exchange.rest_url or rest_base_url(exchange.url)
+        client = CatalogClient.from_settings(
+            rest_url, exchange.credentials, rate or RestRateSettings()
+        )
+        async with client:
+            found = await discover(selection, client, clock_ns())
+    finally:
+        if exchange.simulator is not None:
+            await exchange.simulator.stop()
+    stats = client.stats
+    requests = {"calls": stats.calls, "throttled": stats.throttled, "retried": stats.retried}
+    if as_json:
+        document = {
+            "environment": settings.name,
+            "rest_url": rest_url,
+            "count": len(found.tickers),
+            "tickers": list(found.tickers),
+            "by_series": found.by_series,
+            "missing_tickers": list(found.missing_tickers),
+            "cut_by_cap": found.cut_by_cap,
+            "filtered_out": found.filtered_out,
+            "queries": list(found.queries),
+            "requests": requests,
+        }
+        out.write(json.dumps(document, indent=2) + "\n")
+        return 0
+    lines = [
+        f"{len(found.tickers)} markets selected in {settings.name} ({rest_url})",
+        f"  cut by max_markets: {found.cut_by_cap}, filtered out: {found.filtered_out}",
+    ]
+    if found.missing_tickers:
+        missing = ", ".join(found.missing_tickers)
+        lines.append(f"  listed but not found (still subscribed): {missing}")
+    shown = found.tickers[:sample]
+    more = f" … (+{len(found.tickers) - len(shown)} more)" if len(found.tickers) > sample else ""
+    lines.append(f"sample: {', '.join(shown) or '(none)'}{more}")
+    lines.append("by series:")
+    width = max((len(name) for name in found.by_series), default=0)
+    lines += [f"  {name:<{width}}  {count}" for name, count in found.by_series.items()]
+    lines.append(
+        f"REST: {len(found.queries)} queries, {stats.calls} requests,"
+        f" {stats.throttled} throttled (429), {stats.retried} retried"
+    )
+    out.write("\n".join(lines) + "\n")
+    return 0
+
+
 def toolbox_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="ssmd", description="ssmd toolbox")
@@ -267,6 +396,8 @@ def toolbox_main(argv: list[str] | None = None) -> int:
     schema.set_defaults(handler=_schema_command)
 
     _add_tail_parser(commands)
+    _add_markets_parser(commands)
+    add_replay_parser(commands)
 
     commands.add_parser(
         "exchange",

@@ -18,6 +18,7 @@ from ssmd.client_events import (
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
+from ssmd.recording import MarkKind
 from ssmd.records import StatusEvent
 
 
@@ -33,7 +34,8 @@ class KalshiClient(ClientBase):
         ws = await self._connect()
         async with ws:
             self.connected.set()
-            await self._emit(self.session.status_record(StatusEvent.CONNECTED, self._clock_ns()))
+            connected = self.session.status_record(StatusEvent.CONNECTED, self._clock_ns())
+            await self._emit_marked(connected)
             self._log.info("client.connected")
             for command in self.session.commands_to_send():
                 await ws.send(command, text=True)
@@ -48,7 +50,7 @@ class KalshiClient(ClientBase):
         await report_connection_end(
             session=self.session,
             log=self._log,
-            emit=self._emit,
+            emit=self._emit_marked,
             now_ns=self._clock_ns,
             url=self.url,
             stopped=stop.is_set(),
@@ -90,7 +92,13 @@ class KalshiClient(ClientBase):
         session = self.session
         while True:
             await asyncio.sleep(TICK_S)
-            session.poll(self._clock_ns())
+            now_ns = self._clock_ns()
+            session.poll(now_ns)
+            recorder = self.recorder
+            if recorder is not None:
+                if session.has_events:  # the time alone changed something: a replay must know
+                    recorder.mark(session.connection_id, MarkKind.DEADLINE, now_ns)
+                recorder.poll(now_ns)
             await self._after_frame(ws)
             if self._events.reconnect_reason is not None:
                 await ws.close(code=1000, reason="resync")
@@ -112,12 +120,17 @@ class KalshiClient(ClientBase):
         session = self.session
         sink = self._sink
         clock_ns = self._clock_ns
+        recorder = self.recorder
+        connection_id = session.connection_id
         while True:
             try:
                 data = await ws.recv(decode=False)
             except ConnectionClosed:
                 return
-            record = session.receive_frame(data, clock_ns())
+            receive_ts_ns = clock_ns()
+            if recorder is not None:
+                recorder.write_frame(connection_id, data, receive_ts_ns)
+            record = session.receive_frame(data, receive_ts_ns)
             if record is not None:
                 try:
                     sink.put_nowait(record)  # no await per record while the queue has room

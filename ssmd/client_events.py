@@ -1,6 +1,6 @@
 """What every WebSocket client driver shares: the choice of driver (ClientKind), the handling
-of session events (logs, status records, reconnect and slow-down requests) and the end of a
-connection (STALE/DISCONNECTED records, ExchangeUnavailable when not asked to stop)."""
+of session events (logs, status records, reconnect and slow-down requests, refused markets) and
+the end of a connection (STALE/DISCONNECTED records, ExchangeUnavailable when not asked to stop)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,22 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from ssmd.auth import Credentials
 from ssmd.errors import ExchangeUnavailable
-from ssmd.records import Record, StatusEvent
+from ssmd.records import Record, Status, StatusEvent
 from ssmd.session import KalshiSession
 from ssmd.session_events import (
     BookInvalid,
     DuplicateFrame,
     ExchangeError,
     MalformedFrame,
+    MarketsChanged,
+    MarketsRejected,
     ReconnectRequired,
     RepairStarted,
     Resynced,
@@ -33,9 +35,13 @@ from ssmd.session_events import (
     UnsupportedFrame,
 )
 
+if TYPE_CHECKING:
+    from ssmd.recording import FrameRecorder
+
 # Malformed frames are logged with context; past this many per reason only every Nth is.
 _MALFORMED_LOG_FIRST = 20
 _MALFORMED_LOG_EVERY = 1000
+_LOGGED_TICKERS = 20  # market lists in logs are cut to this many tickers (the count is whole)
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 TICK_S = 0.5  # how often the session is given the time when no frame does (§4.3 deadlines)
 
@@ -49,7 +55,8 @@ class ClientKind(enum.Enum):
 
 class SessionEventHandler:
     """Turns the session's events into logs, status records and requests to the driver:
-    `reconnect_reason` (close and reconnect) and `command_delay_s` (slow down, §3 code 25)."""
+    `reconnect_reason` (close and reconnect) and `command_delay_s` (slow down, §3 code 25);
+    trades to backfill and markets the exchange refused go to their callbacks."""
 
     def __init__(
         self,
@@ -57,11 +64,13 @@ class SessionEventHandler:
         log: FilteringBoundLogger,
         emit: Callable[[Record], Awaitable[None]],
         trades_missing: Callable[[TradesMissing], Awaitable[None]],
+        markets_rejected: Callable[[MarketsRejected], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._log = log
         self._emit = emit
         self._trades_missing = trades_missing
+        self._markets_rejected = markets_rejected
         self.reconnect_reason: str | None = None
         self.command_delay_s = 0.0
 
@@ -112,6 +121,27 @@ class SessionEventHandler:
                 reason=event.reason,
             )
             await self._trades_missing(event)
+        elif isinstance(event, MarketsChanged):
+            added = bool(event.added)
+            markets = event.added if added else event.removed
+            log.info(
+                "session.markets_added" if added else "session.markets_removed",
+                count=len(markets),
+                markets=list(markets[:_LOGGED_TICKERS]),
+            )
+            await self._emit(event.status)
+        elif isinstance(event, MarketsRejected):
+            log.warning(
+                "session.markets_rejected",
+                channel=event.channel.value,
+                code=event.code,
+                message=event.message,
+                command_id=event.command_id,
+                count=len(event.markets),
+                markets=list(event.markets[:_LOGGED_TICKERS]),
+            )
+            if self._markets_rejected is not None:
+                await self._markets_rejected(event)
         elif isinstance(event, SlowDown):
             log.warning("session.slow_down", code=event.code)
             self.command_delay_s = min(max(self.command_delay_s * 2, 0.1), 5.0)
@@ -212,11 +242,29 @@ class ClientBase:
         )
         self.connected = asyncio.Event()
         self.on_trades_missing: Callable[[TradesMissing], Awaitable[None]] | None = None
-        self._events = SessionEventHandler(session, self._log, self._emit, self._trades_missing)
+        # Raw frames and continuity marks go here too when set (ssmd.recording; set, like
+        # on_trades_missing, after construction and before run()).
+        self.recorder: FrameRecorder | None = None
+        # Markets the exchange refused (error 26): the session forgot them; place them elsewhere.
+        self.on_markets_rejected: Callable[[MarketsRejected], Awaitable[None]] | None = None
+        self._events = SessionEventHandler(
+            session, self._log, self._emit, self._trades_missing, self._markets_rejected
+        )
 
     async def _emit(self, record: Record) -> None:
+        await self._sink.put(record)
+
+    async def _emit_marked(self, record: Record) -> None:
+        """Emit a status record; with a recorder, also mark it in the recording (connected,
+        disconnected, stale, gap, resynced), so a replay knows where continuity changed."""
+        if self.recorder is not None and type(record) is Status:
+            self.recorder.mark_status(record, self.session)
         await self._sink.put(record)
 
     async def _trades_missing(self, event: TradesMissing) -> None:
         if self.on_trades_missing is not None:
             await self.on_trades_missing(event)
+
+    async def _markets_rejected(self, event: MarketsRejected) -> None:
+        if self.on_markets_rejected is not None:
+            await self.on_markets_rejected(event)

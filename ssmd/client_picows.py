@@ -26,6 +26,7 @@ from ssmd.client_events import (
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
+from ssmd.recording import MarkKind
 from ssmd.records import Record, StatusEvent
 
 # Frames parsed while the pump has work pending wait here; past this many, reading pauses.
@@ -48,7 +49,7 @@ class PicowsKalshiClient(ClientBase):
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
         transport, listener = await self._connect()
         self.connected.set()
-        await self._emit(self.session.status_record(StatusEvent.CONNECTED, self._clock_ns()))
+        await self._emit_marked(self.session.status_record(StatusEvent.CONNECTED, self._clock_ns()))
         self._log.info("client.connected")
         for command in self.session.commands_to_send():
             transport.send(WSMsgType.TEXT, command)
@@ -71,7 +72,7 @@ class PicowsKalshiClient(ClientBase):
         await report_connection_end(
             session=self.session,
             log=self._log,
-            emit=self._emit,
+            emit=self._emit_marked,
             now_ns=self._clock_ns,
             url=self.url,
             stopped=stop.is_set(),
@@ -120,9 +121,16 @@ class PicowsKalshiClient(ClientBase):
 
     async def _tick(self, listener: _FrameListener) -> None:
         """Give the session the time when no frame does (repair deadlines, §4.3)."""
+        session = self.session
         while True:
             await asyncio.sleep(TICK_S)
-            self.session.poll(self._clock_ns())
+            now_ns = self._clock_ns()
+            session.poll(now_ns)
+            recorder = self.recorder
+            if recorder is not None:
+                if session.has_events:  # the time alone changed something: a replay must know
+                    recorder.mark(session.connection_id, MarkKind.DEADLINE, now_ns)
+                recorder.poll(now_ns)
             await self.after_frame(listener.transport)
             if listener.check_reconnect():
                 return
@@ -154,6 +162,10 @@ class _FrameListener(WSListener):
         self._session = client.session
         self._sink = client._sink
         self._clock_ns = client._clock_ns
+        # Frames are recorded as the session takes them (arrival order, receive times), so a
+        # replay sees what the session saw; those dropped for a resync close are not.
+        self._recorder = client.recorder
+        self._connection_id = client.session.connection_id
         self.transport: WSTransport
         self.wake = asyncio.Event()
         self.failure: str | None = None
@@ -209,6 +221,8 @@ class _FrameListener(WSListener):
                 self._pause()
             return
         session = self._session
+        if self._recorder is not None:
+            self._recorder.write_frame(self._connection_id, data, receive_ts_ns)
         record = session.receive_frame(data, receive_ts_ns)
         if record is not None:
             try:
@@ -238,6 +252,8 @@ class _FrameListener(WSListener):
             await client.after_frame(self.transport)
             while backlog and not self._discarding:
                 data, receive_ts_ns = backlog.popleft()
+                if self._recorder is not None:
+                    self._recorder.write_frame(self._connection_id, data, receive_ts_ns)
                 record = session.receive_frame(data, receive_ts_ns)
                 if record is not None:
                     try:

@@ -1,7 +1,9 @@
 """Structured logging for ssmd: one structlog pipeline, JSON lines or a console renderer.
 
 Event names are stable dotted strings (`connector.started`); context goes in keys, never in
-the event text. A redaction processor is the last safety net against logging secrets.
+the event text. A redaction processor is the last safety net against logging secrets; a repeat
+limiter keeps a storm of identical warnings from flooding the log; on an interactive console,
+log lines step around an overlay (the status line, ssmd.statusline).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping
-from typing import Any, TextIO, cast
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Protocol, TextIO, cast
 
 import msgspec
 import structlog
@@ -22,6 +25,8 @@ from ssmd.errors import ConfigError
 
 LOG_LEVEL_ENV = "SSMD_LOG_LEVEL"
 REDACTED = "<redacted>"
+REPEAT_WINDOW_S = 10.0  # an identical warning or error within this long of the last is dropped
+REPEATED_KEY = "repeated"  # how many identical lines were dropped before this one
 
 # Keys whose values look secret. Matched case-insensitively anywhere in the key name, except
 # keys that name *where* a secret lives (`private_key_file`, `private_key_env`), not the secret.
@@ -106,6 +111,142 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     return event_dict
 
 
+_LEVEL_BY_NAME = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+# Never part of a line's identity: when it was written, and the count this limiter adds.
+_NOT_IDENTITY = frozenset({"timestamp", REPEATED_KEY})
+
+
+class RepeatLimiter:
+    """A structlog processor that rate-limits identical warnings and errors.
+
+    A line identical to one let through less than `window_s` ago is dropped and counted; the
+    first identical one after the window passes with `repeated=N` (N lines were dropped) and
+    starts a new window. Identical means: the same logger, level and event, and the same values
+    for every other key except numbers (int or float, not bool: counters, seq, ids, durations,
+    timestamps) and `timestamp`. Strings, enums, bools, None and containers (compared by repr)
+    count, so `session.gap` on two sids is one storm, but a different error text is not.
+    Lines below `min_level` pass untouched: info lines are lifecycle events an operator wants
+    every one of, and debug is asked for. Drops of a storm that ends are never reported.
+    Runs after redact_secrets, so it keeps no secret. The clock is injected.
+    """
+
+    def __init__(
+        self,
+        window_s: float = REPEAT_WINDOW_S,
+        *,
+        min_level: LogLevel = LogLevel.WARNING,
+        monotonic_s: Callable[[], float] = time.monotonic,
+        max_keys: int = 1024,
+    ) -> None:
+        self.window_s = window_s
+        self.min_level_number = min_level.number
+        self.max_keys = max_keys
+        self._monotonic_s = monotonic_s
+        # Insertion order is window-start order: the first entries are the stalest (evicted
+        # beyond max_keys, their drops unreported).
+        self._seen: dict[Hashable, _RepeatWindow] = {}
+
+    def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        level = _LEVEL_BY_NAME.get(str(event_dict.get("level", method)), logging.ERROR)
+        if level < self.min_level_number or self.window_s <= 0:
+            return event_dict
+        identity = _identity(event_dict)
+        now_s = self._monotonic_s()
+        seen = self._seen.get(identity)
+        if seen is not None:
+            if now_s - seen.start_s < self.window_s:
+                seen.dropped += 1
+                raise structlog.DropEvent
+            del self._seen[identity]
+            if seen.dropped:
+                event_dict[REPEATED_KEY] = seen.dropped
+        while len(self._seen) >= self.max_keys:
+            del self._seen[next(iter(self._seen))]
+        self._seen[identity] = _RepeatWindow(now_s)
+        return event_dict
+
+
+class _RepeatWindow:
+    __slots__ = ("dropped", "start_s")
+
+    def __init__(self, start_s: float) -> None:
+        self.start_s = start_s
+        self.dropped = 0
+
+
+def _identity(event_dict: EventDict) -> Hashable:
+    return tuple(
+        sorted(
+            (key, value if isinstance(value, str) else repr(value))
+            for key, value in event_dict.items()
+            if key not in _NOT_IDENTITY
+            and (isinstance(value, bool) or not isinstance(value, int | float))
+        )
+    )
+
+
+class LineOverlay(Protocol):
+    """A line drawn below the log (the status line): erased before each log line, drawn again
+    after it."""
+
+    def clear(self) -> None: ...
+
+    def redraw(self) -> None: ...
+
+
+class _OverlaidStream:
+    """The console's stream as log lines see it: writing a line clears the overlay (if one is
+    attached) first and redraws it after; the logger's flush then sends both."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.overlay: LineOverlay | None = None
+
+    def write(self, text: str) -> int:
+        overlay = self.overlay
+        if overlay is None:
+            return self.stream.write(text)
+        overlay.clear()
+        written = self.stream.write(text)
+        if text.endswith("\n"):
+            overlay.redraw()
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return _is_tty(self.stream)
+
+
+_console: _OverlaidStream | None = None  # set while log lines go to an interactive console
+
+
+def interactive_console() -> TextIO | None:
+    """The terminal stream log lines are rendered on for a person (console renderer on a TTY),
+    or None (JSON lines, or not a terminal): where a status line may be drawn."""
+    return _console.stream if _console is not None else None
+
+
+def attach_overlay(overlay: LineOverlay) -> bool:
+    """Make log lines step around `overlay`; False when logs are not on an interactive console."""
+    if _console is None:
+        return False
+    _console.overlay = overlay
+    return True
+
+
+def detach_overlay(overlay: LineOverlay) -> None:
+    if _console is not None and _console.overlay is overlay:
+        _console.overlay = None
+
+
 class _NamedWriteLogger(structlog.WriteLogger):
     """A WriteLogger that remembers the name it was created with."""
 
@@ -158,21 +299,29 @@ def effective_log_level(level: LogLevel | str) -> LogLevel:
 
 
 def configure_logging(
-    level: LogLevel | str, fmt: LogFormat, stream: TextIO = sys.stderr
+    level: LogLevel | str,
+    fmt: LogFormat,
+    stream: TextIO = sys.stderr,
+    *,
+    repeat_window_s: float = REPEAT_WINDOW_S,
+    monotonic_s: Callable[[], float] = time.monotonic,
 ) -> LogLevel:
     """Install the process-wide structlog configuration; returns the effective level.
 
     Call it once, before the first log call: loggers cache their configuration on first use.
-    `SSMD_LOG_LEVEL` overrides `level`. Timestamps are ISO-8601 UTC (`...Z`).
+    `SSMD_LOG_LEVEL` overrides `level`. Timestamps are ISO-8601 UTC (`...Z`). Identical
+    warnings and errors within `repeat_window_s` (0: off) are dropped (RepeatLimiter).
     """
+    global _console
     chosen = effective_log_level(level)
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not _is_tty(stream))
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
+        RepeatLimiter(repeat_window_s, monotonic_s=monotonic_s),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_json:
         processors += [
@@ -181,11 +330,12 @@ def configure_logging(
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=_is_tty(stream)))
+    _console = _OverlaidStream(stream) if not use_json and _is_tty(stream) else None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(chosen.number),
         context_class=dict,
-        logger_factory=_NamedWriteLoggerFactory(stream),
+        logger_factory=_NamedWriteLoggerFactory(cast(TextIO, _console) if _console else stream),
         cache_logger_on_first_use=True,
     )
     return chosen
@@ -213,14 +363,21 @@ def clear_context() -> None:
 __all__ = [
     "LOG_LEVEL_ENV",
     "REDACTED",
+    "REPEATED_KEY",
+    "REPEAT_WINDOW_S",
+    "LineOverlay",
     "LogFormat",
     "LogLevel",
+    "RepeatLimiter",
     "add_logger_name",
+    "attach_overlay",
     "bind_context",
     "clear_context",
     "configure_logging",
+    "detach_overlay",
     "effective_log_level",
     "get_logger",
+    "interactive_console",
     "parse_log_level",
     "redact_secrets",
 ]

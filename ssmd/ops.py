@@ -1,5 +1,6 @@
 """Operations endpoints: Prometheus metrics read at scrape time from the counters the pipeline
-already keeps (no per-record work), and /health and /ready with the reason in the body."""
+already keeps (the NATS ack-latency histograms are the only per-record work, done by the
+transport's ack window), and /health and /ready with the reason in the body."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -22,7 +28,7 @@ from ssmd.session import KalshiSession
 from ssmd.session_events import SessionStats, SubscriptionState
 from ssmd.transport.base import TransportStats
 from ssmd.transport.nats import NatsTransport
-from ssmd.transport.nats_core import LinkState
+from ssmd.transport.nats_core import HistogramSnapshot, LinkState
 
 if TYPE_CHECKING:
     from ssmd.runner import Connector
@@ -30,6 +36,17 @@ if TYPE_CHECKING:
 log = get_logger("ssmd.ops")
 
 SAMPLE_INTERVAL_MAX_S = 1.0  # how often activity and retired sessions are sampled (at most)
+NS_PER_S = 1_000_000_000
+
+# Connector.rest_stats() keys -> (metric name without ssmd_ and _total, help text).
+REST_COUNTERS = {
+    "calls": ("rest_calls", "REST requests sent to the exchange (PROTOCOL.md §9)"),
+    "throttled": (
+        "rest_throttled",
+        "REST requests held back by the rate limit: our token bucket, or a 429 (§9.6)",
+    ),
+    "retried": ("rest_retries", "REST requests sent again after a 429 or a failure"),
+}
 
 
 @dataclass(frozen=True)
@@ -90,14 +107,14 @@ class OpsState:
 
     def sample(self) -> SessionStats:
         """The session counters summed over every connection; notes frame activity."""
-        supervisor = self.connector.supervisor
-        totals = supervisor.total_stats() if supervisor else SessionStats()
+        fleet = self.connector.fleet
+        totals = fleet.total_stats() if fleet else SessionStats()
         self.activity.observe(totals.frames_received, self._monotonic_s(), self._wall_s())
         return totals
 
     def connected(self) -> bool:
-        supervisor = self.connector.supervisor
-        return supervisor is not None and supervisor.connected
+        fleet = self.connector.fleet
+        return fleet is not None and fleet.connected
 
     def health(self) -> Verdict:
         """Alive and not stale: a frame, or a pong, within `stale_after_s`. Pongs are not seen
@@ -126,19 +143,27 @@ class OpsState:
         transport_reason = self._transport_not_ready()
         if transport_reason is not None:
             return Verdict(False, transport_reason)
-        supervisor = self.connector.supervisor
-        if supervisor is None or not self.connected():
+        fleet = self.connector.fleet
+        if fleet is None:
             return Verdict(False, "not connected to the exchange")
-        session = supervisor.session
-        assert session is not None  # a connected client has its session
-        waiting = sorted(
-            f"{channel.value} ({subscription.state.value})"
-            for channel, subscription in session.subscriptions.items()
-            if subscription.state is not SubscriptionState.ACTIVE
-        )
+        down = [s.plan.name for s in fleet.supervisors if not s.connected]
+        if down:
+            return Verdict(False, "not connected to the exchange: " + ", ".join(down))
+        waiting: list[str] = []
+        active = 0
+        for supervisor in fleet.supervisors:
+            session = supervisor.session
+            assert session is not None  # a connected client has its session
+            for channel, subscription in session.subscriptions.items():
+                if subscription.state is SubscriptionState.ACTIVE:
+                    active += 1
+                else:
+                    state = subscription.state.value
+                    waiting.append(f"{supervisor.plan.name} {channel.value} ({state})")
         if waiting:
-            return Verdict(False, "subscriptions not active: " + ", ".join(waiting))
-        return Verdict(True, f"ok: {len(session.subscriptions)} subscriptions active")
+            return Verdict(False, "subscriptions not active: " + ", ".join(sorted(waiting)))
+        connections = len(fleet.supervisors)
+        return Verdict(True, f"ok: {active} subscriptions active on {connections} connection(s)")
 
     def _transport_not_ready(self) -> str | None:
         if not self.connector.transport_accepting:
@@ -169,8 +194,8 @@ class ConnectorCollector(Collector):
         state = self._state
         connector = state.connector
         totals = state.sample()
-        supervisor = connector.supervisor
-        connection = supervisor.plan.name if supervisor else ""
+        fleet = connector.fleet
+        supervisors = fleet.supervisors if fleet else []
 
         yield _counter(
             "frames_received", "Frames received from the exchange", totals.frames_received
@@ -190,27 +215,31 @@ class ConnectorCollector(Collector):
             "type",
             totals.unsupported_by_type,
         )
-        reconnects = supervisor.reconnects if supervisor else 0
+        reconnects = fleet.reconnects if fleet else 0
         yield _counter("reconnects", "Exchange reconnects", reconnects)
-        connections = supervisor.connections if supervisor else 0
+        connections = fleet.connections if fleet else 0
         yield _counter("connections", "Exchange connection attempts", connections)
-        backfilled = supervisor.backfilled if supervisor else 0
+        backfilled = fleet.backfilled if fleet else 0
         yield _counter("trades_backfilled", "Trades published from REST backfill", backfilled)
 
         up = GaugeMetricFamily(
             "ssmd_connection_up", "1 when the exchange connection is open", labels=["connection"]
         )
-        up.add_metric([connection], 1 if state.connected() else 0)
-        yield up
         markets = GaugeMetricFamily(
             "ssmd_markets_subscribed",
             "Markets in active subscriptions on the connection",
             labels=["connection"],
         )
-        markets.add_metric(
-            [connection], _markets_subscribed(supervisor.session if supervisor else None)
-        )
+        for supervisor in supervisors:
+            up.add_metric([supervisor.plan.name], 1 if supervisor.connected else 0)
+            markets.add_metric([supervisor.plan.name], _markets_subscribed(supervisor.session))
+        yield up
         yield markets
+        yield GaugeMetricFamily(
+            "ssmd_markets_followed",
+            "Markets this process carries (placed on a connection), all connections",
+            value=fleet.markets if fleet else 0,
+        )
         yield GaugeMetricFamily(
             "ssmd_queue_depth",
             "Records queued between the exchange client and the transport",
@@ -221,6 +250,7 @@ class ConnectorCollector(Collector):
             "Unix time of the last frame from the exchange (process start before any)",
             value=state.activity.last_activity_wall_s,
         )
+        yield from rest_metrics(_rest_stats(connector))
         yield from _transport_metrics(connector)
 
 
@@ -243,6 +273,53 @@ def _transport_metrics(connector: Connector) -> Iterator[Metric]:
         "transport_duplicates", "Acks that said duplicate (Msg-Id stored)", stats.duplicates
     )
     yield _counter("transport_reconnects", "Transport reconnects", stats.reconnects)
+    transport = connector.transport if connector.has_transport else None
+    if isinstance(transport, NatsTransport):
+        latency = transport.latency()
+        yield latency_histogram(
+            "frame_to_ack_latency",
+            "From a frame's arrival (record receive_ts_ns) to the JetStream ack of its record",
+            latency.frame_to_ack,
+        )
+        yield latency_histogram(
+            "publish_latency",
+            "From handing a record to the NATS transport to its JetStream ack (includes"
+            " waiting for room in the window and outages)",
+            latency.publish_to_ack,
+        )
+        yield GaugeMetricFamily(
+            "ssmd_last_ack_timestamp_seconds",
+            "Unix time of the last JetStream ack (0 before the first)",
+            value=latency.last_ack_ns / NS_PER_S,
+        )
+
+
+def latency_histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Metric:
+    """`ssmd_{name}_seconds` from a nanosecond histogram: cumulative `le` buckets, +Inf last."""
+    cumulative = snapshot.cumulative()
+    buckets = [
+        (repr(bound_ns / NS_PER_S), count)
+        for bound_ns, count in zip(snapshot.bounds_ns, cumulative, strict=False)
+    ]
+    buckets.append(("+Inf", cumulative[-1]))
+    return HistogramMetricFamily(
+        f"ssmd_{name}_seconds",
+        documentation,
+        buckets=buckets,
+        sum_value=snapshot.sum_ns / NS_PER_S,
+    )
+
+
+def _rest_stats(connector: Connector) -> Mapping[str, int]:
+    """`connector.rest_stats()`, or nothing on a runner that does not count REST calls yet."""
+    rest_stats: Callable[[], Mapping[str, int]] | None = getattr(connector, "rest_stats", None)
+    return rest_stats() if rest_stats is not None else {}
+
+
+def rest_metrics(rest_stats: Mapping[str, int]) -> Iterator[Metric]:
+    """The REST_COUNTERS from a `{calls, throttled, retried}` mapping (a missing key is 0)."""
+    for key, (name, documentation) in REST_COUNTERS.items():
+        yield _counter(name, documentation, rest_stats.get(key, 0))
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:

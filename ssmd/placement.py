@@ -24,8 +24,8 @@ class Moves:
 
 
 class Placement:
-    """Connection 0 always exists (it also carries the lifecycle channel). A connection the
-    exchange refused markets on (error 26) keeps a lower cap of its own from then on."""
+    """Connection 0 always exists (it also carries the lifecycle channel). Markets refused
+    with error 26 lower the cap of every connection from then on."""
 
     def __init__(self, cap: int = DEFAULT_MARKETS_PER_CONNECTION, max_connections: int = 64):
         if cap < 1 or max_connections < 1:
@@ -92,13 +92,20 @@ class Placement:
         return Moves(removed={i: tuple(m) for i, m in sorted(removed.items())})
 
     def refused(self, index: int, markets: Iterable[str]) -> Moves:
-        """Connection `index` was refused `markets` (error 26): they leave it, its cap becomes
-        what it holds without them (at least 1), and they are placed elsewhere."""
+        """Connection `index` was refused `markets` (error 26): the exchange's cap is lower
+        than ours. It is at least what the connection still holds (the exchange accepted that),
+        or, when it holds nothing (a whole subscribe refused), taken as half the refused batch.
+        The lower cap applies to every connection; the refused markets are placed again, on
+        other connections (answers to the same batch on its other channels are still coming)."""
         refused = [m for m in dict.fromkeys(markets) if self._where.get(m) == index]
+        if not refused:
+            return Moves()
         for market in refused:
             del self._where[market]
             del self._markets[index][market]
-        self._caps[index] = max(1, min(self._caps[index], len(self._markets[index])))
+        held = len(self._markets[index])
+        self.cap = min(self.cap, held if held > 0 else max(1, len(refused) // 2))
+        self._caps = [min(cap, self.cap) for cap in self._caps]
         return self.place(refused, avoid=index)
 
     def _pairs(self) -> list[tuple[int, dict[str, None]]]:

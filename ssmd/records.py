@@ -60,6 +60,26 @@ class StatusEvent(enum.Enum):
     MARKETS_REMOVED = "markets_removed"  # ... and these end (settled, deselected, moved)
 
 
+class TopTrigger(enum.Enum):
+    """Which best level changed since the market's previous `top` record (the first is BOTH).
+
+    BID is the best YES bid; ASK is the best YES ask, i.e. the best NO bid.
+    """
+
+    BID = "bid"
+    ASK = "ask"
+    BOTH = "both"
+
+
+class LiquidityTier(enum.Enum):
+    """How much rests near a top-of-book price (thresholds: ssmd.config.top.TopSettings)."""
+
+    NONE = "none"  # nothing to take: the side is empty
+    THIN = "thin"  # below moderate_min_contracts
+    MODERATE = "moderate"  # at least moderate_min_contracts, below deep_min_contracts
+    DEEP = "deep"  # at least deep_min_contracts
+
+
 class Level(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One book level, encoded as the pair [price_e4, size_e2]."""
 
@@ -184,7 +204,45 @@ class Status(RecordBase, frozen=True, kw_only=True, tag="status"):
     reason: str = ""
 
 
-Record = Trade | Ticker | BookSnapshot | BookDelta | Lifecycle | Status
+class Top(RecordBase, frozen=True, kw_only=True, tag="top"):
+    """Derived top of book (ssmd.top): the best prices and sizes of the local book, with the
+    implied probabilities, American odds and liquidity of buying each side there.
+
+    Every value is an exact integer. YES ask = $1 - best NO bid, with that bid's size; NO bid
+    = best NO bid; NO ask = $1 - best YES bid (NO-leg prices, §7.1.1, §7.1.4). `mid_e5` is
+    (YES bid + YES ask) / 2 in 1/100,000 dollar, so a half-tick mid is exact (0.48505 ->
+    48505); `spread_e4` = YES ask - YES bid (<= 0 only for a crossed local book). Both are
+    None when a side is empty. The implied probability of each side is the price of buying it
+    (its ask): the break-even probability of the trade one can make, the same number the odds
+    encode; YES + NO exceeds 1 by the spread (the overround). The fair estimate is the mid.
+    `*_american_odds_e2` are American odds in hundredths for buying at the ask price p:
+    p < 0.5 -> +100(1-p)/p, p > 0.5 -> -100p/(1-p), p = 0.5 -> +100, rounded down (toward
+    -infinity: the quoted odds never promise more than the price pays); None at p <= 0 or
+    p >= 1 or when that ask does not exist. `*_ask_depth_e2` is the resting size within
+    TopSettings.depth_window_e4 of that ask (its tier in `*_liquidity`). sid, seq,
+    exchange_ts_ns and receive_ts_ns are those of the book record the values follow from.
+    """
+
+    trigger: TopTrigger
+    yes_bid_e4: int | None = None
+    yes_bid_size_e2: int | None = None
+    yes_ask_e4: int | None = None
+    yes_ask_size_e2: int | None = None
+    no_bid_e4: int | None = None
+    no_ask_e4: int | None = None
+    mid_e5: int | None = None
+    spread_e4: int | None = None
+    yes_implied_prob_e4: int | None = None
+    no_implied_prob_e4: int | None = None
+    yes_american_odds_e2: int | None = None
+    no_american_odds_e2: int | None = None
+    yes_ask_depth_e2: int = 0
+    no_ask_depth_e2: int = 0
+    yes_liquidity: LiquidityTier = LiquidityTier.NONE
+    no_liquidity: LiquidityTier = LiquidityTier.NONE
+
+
+Record = Trade | Ticker | BookSnapshot | BookDelta | Lifecycle | Status | Top
 RECORD_TYPES: tuple[type[RecordBase], ...] = (
     Trade,
     Ticker,
@@ -192,6 +250,7 @@ RECORD_TYPES: tuple[type[RecordBase], ...] = (
     BookDelta,
     Lifecycle,
     Status,
+    Top,
 )
 
 

@@ -1,10 +1,11 @@
-"""The Kalshi REST calls ssmd makes (PROTOCOL.md §9), on httpx: signed GETs with cursor
-pagination. Today: `GET /markets/trades`, to backfill trades a WebSocket gap lost (§9.5)."""
+"""The Kalshi REST calls ssmd makes (PROTOCOL.md §9), on httpx: `SignedGet`, the one signed-GET
+path every REST client shares, and `KalshiRest`, `GET /markets/trades` with cursor pagination
+to backfill trades a WebSocket gap lost (§9.5). Market discovery is in ssmd.discovery."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -42,7 +43,27 @@ class TradesPage(msgspec.Struct, frozen=True):
     cursor: str | None = None
 
 
+class _ErrorBody(msgspec.Struct, frozen=True):
+    """§9: {"code", "message", "details"}; a 429 says {"error": ...} (§9.6)."""
+
+    code: str = ""
+    message: str = ""
+    details: str = ""
+    error: str = ""
+
+
 _PAGE_DECODER = msgspec.json.Decoder(TradesPage)
+_ERROR_BODY = msgspec.json.Decoder(_ErrorBody)
+
+
+def error_text(response: httpx.Response) -> str:
+    """What a non-200 answer says: the §9 error body's message (and details), else its text."""
+    try:
+        body = _ERROR_BODY.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text[:200]
+    text = body.message or body.error or body.code or response.text[:200]
+    return f"{text} ({body.details})" if body.details else text
 
 
 def rest_base_url(ws_url: str) -> str:
@@ -79,8 +100,10 @@ def trade_record(trade: RestTrade, receive_ts_ns: int) -> Trade:
     )
 
 
-class KalshiRest:
-    """A signed REST client. One httpx.AsyncClient (connection pooling, timeouts)."""
+class SignedGet:
+    """One keep-alive httpx.AsyncClient on a REST base (`.../trade-api/v2`); every GET is
+    signed (§2) when there are credentials. Transport failures raise httpx.HTTPError and every
+    HTTP status is returned: what to retry and what to raise is the caller's policy."""
 
     def __init__(
         self,
@@ -91,28 +114,56 @@ class KalshiRest:
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.credentials = credentials
         self._path_root = urlsplit(self.base_url).path
-        self._credentials = credentials
         self._clock_ns = clock_ns
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+
+    def url(self, path: str) -> str:
+        """The absolute URL of `path` (for messages; no query string)."""
+        return self.base_url + path
+
+    async def get(self, path: str, params: Mapping[str, str | int]) -> httpx.Response:
+        headers: dict[str, str] = {}
+        if self.credentials is not None:
+            # §2.2: sign the path from the API root, without the query string.
+            headers = self.credentials.headers(
+                self._clock_ns() // 1_000_000, "GET", self._path_root + path
+            )
+        return await self._http.get(path, params=params, headers=headers)
 
     async def close(self) -> None:
         await self._http.aclose()
 
+
+class KalshiRest:
+    """The trade backfill client (§9.5) on one SignedGet (connection pooling, timeouts)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials | None,
+        *,
+        timeout_s: float = 10.0,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._signed = SignedGet(base_url, credentials, timeout_s=timeout_s, clock_ns=clock_ns)
+        self.base_url = self._signed.base_url
+        self._clock_ns = clock_ns
+
+    async def close(self) -> None:
+        await self._signed.close()
+
     async def _get(self, path: str, params: dict[str, str | int]) -> bytes:
-        headers: dict[str, str] = {}
-        if self._credentials is not None:
-            # §2.2: sign the path from the API root, without the query string.
-            headers = self._credentials.headers(
-                self._clock_ns() // 1_000_000, "GET", self._path_root + path
-            )
         try:
-            response = await self._http.get(path, params=params, headers=headers)
+            response = await self._signed.get(path, params)
         except httpx.HTTPError as exc:
-            raise ExchangeUnavailable(self.base_url + path, f"REST request failed: {exc}") from exc
+            raise ExchangeUnavailable(
+                self._signed.url(path), f"REST request failed: {exc}"
+            ) from exc
         if response.status_code != 200:
             raise ExchangeUnavailable(
-                self.base_url + path, f"HTTP {response.status_code}: {response.text[:200]}"
+                self._signed.url(path), f"HTTP {response.status_code}: {error_text(response)}"
             )
         return response.content
 

@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ssmd.auth import Credentials, generate_private_key
-from ssmd.config import NatsTransportSettings, Settings, resolve_credentials
+from ssmd.assembly import (
+    Exchange,
+    market_selection,
+    open_exchange,
+    retry_policy,
+    start_managed_nats,
+)
+from ssmd.config import Settings
+from ssmd.discovery import CatalogClient
 from ssmd.errors import ConfigError, SsmdError
-from ssmd.exchange.server import ExchangeSimulator
+from ssmd.fleet import ConnectionFleet
+from ssmd.follow import FollowState, MarketFollower
 from ssmd.logs import get_logger
-from ssmd.natsserver import NatsServer, NatsServerError
+from ssmd.natsserver import NatsServer
 from ssmd.ops import OpsServer, OpsState, parse_address
-from ssmd.records import Record
+from ssmd.recording import FrameRecorder
+from ssmd.records import Lifecycle, Record
 from ssmd.rest import KalshiRest, rest_base_url
-from ssmd.retry import RetryPolicy
+from ssmd.secmaster import Secmaster
+from ssmd.selection import Selection
+from ssmd.statusline import StatusSnapshot, open_status_line, rates_per_s
 from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor
 from ssmd.transport import build_transport
 from ssmd.transport.base import Transport
@@ -33,99 +42,10 @@ from ssmd.transport.base import Transport
 STALE_PINGS = 3  # ops.stale_after_s defaults to this many exchange ping intervals
 EXIT_OK = 0
 EXIT_FAILED = 1
-LOCAL_KEY_ID = "local-simulator"
+STATUS_INTERVAL_S = 1.0  # how often the live status line is redrawn (interactive runs)
 PUBLISH_BATCH_MAX = 512  # records per publish_many(): bounds the time between two awaits
 
 log = get_logger("ssmd.runner")
-
-
-@dataclass
-class Exchange:
-    """Where to connect and as whom; `simulator` is set when ssmd runs the exchange itself."""
-
-    url: str
-    credentials: Credentials
-    markets: tuple[str, ...]
-    simulator: ExchangeSimulator | None = None
-
-
-async def open_exchange(settings: Settings) -> Exchange:
-    """Resolve the exchange endpoint; start the in-process simulator when configured."""
-    sim_config = settings.exchange.simulator
-    if sim_config is None:
-        credentials = resolve_credentials(settings)
-        if credentials is None or settings.exchange.ws_url is None:
-            raise ConfigError(
-                "a real exchange needs credentials and exchange.ws_url",
-                source=settings.name,
-                field="credentials",
-            )
-        return Exchange(
-            url=settings.exchange.ws_url,
-            credentials=credentials,
-            markets=tuple(settings.subscription.markets),
-        )
-    # The local stack signs with a throwaway key that only this process's simulator trusts:
-    # the real signing path runs, and no credentials are needed.
-    credentials = resolve_credentials(settings) or Credentials(LOCAL_KEY_ID, generate_private_key())
-    simulator = ExchangeSimulator(
-        public_keys={credentials.key_id: credentials.private_key.public_key()},
-        market_count=sim_config.markets,
-        rate_hz=sim_config.rate_hz,
-        seed=sim_config.seed,
-        # The in-process simulator serves a long-running stack: keep no send log.
-        keep_sent=False,
-        backpressure=sim_config.backpressure,
-        random_faults=sim_config.faults,
-    )
-    await simulator.start()
-    markets = tuple(settings.subscription.markets) or tuple(simulator.markets)
-    return Exchange(
-        url=simulator.url, credentials=credentials, markets=markets, simulator=simulator
-    )
-
-
-def retry_policy(settings: Settings) -> RetryPolicy:
-    """The exchange reconnect policy of `exchange.reconnect`, with its own RNG for the jitter."""
-    reconnect = settings.exchange.reconnect
-    return RetryPolicy(
-        base_s=reconnect.base_s,
-        cap_s=reconnect.cap_s,
-        healthy_after_s=reconnect.healthy_after_s,
-        max_auth_retries=reconnect.max_auth_retries,
-        rng=random.Random(),
-    )
-
-
-_PORT_IN_USE = "address already in use"
-
-
-async def start_managed_nats(settings: Settings) -> NatsServer | None:
-    """Start the nats-server the environment manages (`transport.managed_server`), if any.
-
-    A taken port is a ConfigError naming `transport.managed_server.port` and the two fixes;
-    any other start failure is the NatsServerError (a TransportError) with the server's log.
-    """
-    transport = settings.transport
-    if not isinstance(transport, NatsTransportSettings) or transport.managed_server is None:
-        return None
-    managed = transport.managed_server
-    server = NatsServer(managed.store_dir, port=managed.port)
-    try:
-        await server.start()
-    except NatsServerError as exc:
-        if _PORT_IN_USE not in str(exc).lower():
-            raise
-        raise ConfigError(
-            f"cannot start the managed nats-server: port {managed.port} on 127.0.0.1 is already"
-            " in use (another nats-server, or another `make run`, is listening there)",
-            source=settings.source,
-            field="transport.managed_server.port",
-            fix="set transport.managed_server.port: 0 to take any free port, or stop the other"
-            f" server on port {managed.port}",
-        ) from exc
-    log.info("nats_server.started", url=server.url, store_dir=str(managed.store_dir))
-    return server
 
 
 class Connector:
@@ -147,12 +67,19 @@ class Connector:
         )
         self.published = 0
         self.failure: SsmdError | None = None
-        self.supervisor: ConnectionSupervisor | None = None
+        self.fleet: ConnectionFleet | None = None
+        self.follower: MarketFollower | None = None
+        self._catalog: CatalogClient | None = None
         self.nats_server: NatsServer | None = None
         self.exchange: Exchange | None = None
         self.ops: OpsServer | None = None
         self.transport_accepting = False  # started and not yet closing (for /ready)
         self._drained = asyncio.Event()
+
+    @property
+    def supervisor(self) -> ConnectionSupervisor | None:
+        """The first connection (it carries the lifecycle channel), once running."""
+        return self.fleet.primary if self.fleet is not None else None
 
     @property
     def has_transport(self) -> bool:
@@ -224,15 +151,24 @@ class Connector:
     async def _run_pipeline(self, stop: asyncio.Event) -> int:
         exchange = self.exchange = await open_exchange(self.settings)
         rest: KalshiRest | None = None
+        catalog: CatalogClient | None = None
+        recording = self.settings.recording
+        recorder = (
+            FrameRecorder.from_settings(recording, name=f"{self.settings.name}-{os.getpid()}")
+            if recording is not None
+            else None
+        )
         try:
             await self.transport.start()
             self.transport_accepting = True
+            selection = market_selection(self.settings, exchange)
             plan = ConnectionPlan(
                 name=f"{self.settings.name}/{os.getpid()}",
                 url=exchange.url,
                 credentials=exchange.credentials,
                 channels=self.settings.subscription.channels,
-                markets=exchange.markets,
+                # With discovery, the follower places every market, listed ones included.
+                markets=exchange.markets if selection is None else (),
                 use_yes_price=self.settings.subscription.use_yes_price,
                 open_timeout_s=self.settings.exchange.open_timeout_s,
                 ping_interval_s=self.settings.exchange.ping_interval_s,
@@ -241,32 +177,50 @@ class Connector:
             )
             rest_url = self.settings.exchange.rest_url or rest_base_url(exchange.url)
             rest = KalshiRest(rest_url, exchange.credentials)
-            self.supervisor = ConnectionSupervisor(
+            if selection is not None:
+                catalog = self._catalog = CatalogClient.from_settings(
+                    rest_url, exchange.credentials, self.settings.exchange.rest_rate
+                )
+            subscription = self.settings.subscription
+            fleet = self.fleet = ConnectionFleet(
                 plan,
                 sink=self._queue,
-                policy=retry_policy(self.settings),
+                new_policy=lambda: retry_policy(self.settings),
                 rest=rest,
+                markets_per_connection=subscription.markets_per_connection,
+                max_connections=subscription.max_connections,
                 clock_ns=self._clock_ns,
+                recorder=recorder,
             )
+            self.follower = self._follower(fleet, selection, catalog, exchange.markets)
             log.info(
                 "connector.started",
                 environment=self.settings.name,
                 url=exchange.url,
                 markets=len(exchange.markets),
+                discovery=selection is not None,
                 channels=[c.value for c in self.settings.subscription.channels],
                 simulator=exchange.simulator is not None,
             )
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._intake(self.supervisor, stop), name="intake")
+                tasks.create_task(self._intake(fleet, stop), name="intake")
                 tasks.create_task(self._publish(), name="publish")
-                summary = tasks.create_task(self._summarize(len(exchange.markets)), name="summary")
+                if self.follower is not None:
+                    tasks.create_task(self.follower.run(stop), name="follow")
+                summary = tasks.create_task(self._summarize(), name="summary")
+                status = tasks.create_task(self._show_status(), name="status")
                 await self._drained.wait()
                 summary.cancel()
+                status.cancel()
         finally:
             self.transport_accepting = False
             await self.transport.close()
             if rest is not None:
                 await rest.close()
+            if catalog is not None:
+                await catalog.close()
+            if recorder is not None:
+                recorder.close()  # the last file is completed (renamed) only now
             if exchange.simulator is not None:
                 await exchange.simulator.stop()
         stats = self.transport.stats()
@@ -279,9 +233,31 @@ class Connector:
         )
         return EXIT_FAILED if self.failure is not None else EXIT_OK
 
-    async def _intake(self, supervisor: ConnectionSupervisor, stop: asyncio.Event) -> None:
+    def _follower(
+        self,
+        fleet: ConnectionFleet,
+        selection: Selection | None,
+        catalog: CatalogClient | None,
+        explicit: tuple[str, ...],
+    ) -> MarketFollower | None:
+        if selection is None or catalog is None:
+            return None
+        select = self.settings.subscription.select
+        secmaster = Secmaster(selection, catalog)
+        shard = selection.shard
+        return MarketFollower(
+            # Listed tickers are always followed, but only by the shard that owns them.
+            FollowState(m for m in explicit if shard is None or shard.owns(m)),
+            fleet,
+            discover=secmaster.discover,
+            look_up=secmaster.look_up,
+            refresh_interval_s=select.refresh_interval_s if select else 300.0,
+            clock_ns=self._clock_ns,
+        )
+
+    async def _intake(self, fleet: ConnectionFleet, stop: asyncio.Event) -> None:
         try:
-            await supervisor.run(stop)
+            await fleet.run(stop)
         except SsmdError as exc:
             self.failure = exc
             log.error("connector.intake_failed", error=str(exc), error_type=type(exc).__name__)
@@ -295,6 +271,8 @@ class Connector:
         batch rather than per record, and a quiet one still sends each record at once."""
         queue = self._queue
         publish_many = self.transport.publish_many
+        # Lifecycle records also tell the follower which markets opened or ended (§7.5).
+        observe = self.follower.observe if self.follower is not None else None
         try:
             ended = False
             while not ended:
@@ -308,13 +286,59 @@ class Connector:
                         ended = True
                         break
                     batch.append(record)
+                if observe is not None:
+                    for record in batch:
+                        if type(record) is Lifecycle:
+                            observe(record)
                 await publish_many(batch)
                 self.published += len(batch)
             await self.transport.flush()
         finally:
             self._drained.set()
 
-    async def _summarize(self, market_count: int) -> None:
+    def rest_stats(self) -> dict[str, int]:
+        """Discovery's REST counters (ssmd_rest_* metrics); empty without discovery."""
+        catalog = self._catalog
+        if catalog is None:
+            return {}
+        stats = catalog.stats
+        return {
+            "calls": stats.calls,
+            "throttled": stats.throttled,
+            "retried": stats.retried,
+            "failed": stats.failed,
+        }
+
+    async def _show_status(self) -> None:
+        """Redraw the live status line every STATUS_INTERVAL_S (interactive runs only)."""
+        status_line = open_status_line()
+        if status_line is None:
+            return
+        last, last_s = dict(self.transport.stats().records_by_kind), time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(STATUS_INTERVAL_S)
+                stats, now_s = self.transport.stats(), time.monotonic()
+                fleet = self.fleet
+                totals = fleet.total_stats() if fleet else None
+                status_line.show(
+                    StatusSnapshot(
+                        rates_per_s=rates_per_s(last, stats.records_by_kind, now_s - last_s),
+                        markets=fleet.markets if fleet else 0,
+                        connections_up=sum(s.connected for s in fleet.supervisors) if fleet else 0,
+                        connections=len(fleet.supervisors) if fleet else 0,
+                        gaps=totals.gaps if totals else 0,
+                        resyncs=totals.resyncs if totals else 0,
+                        reconnects=fleet.reconnects if fleet else 0,
+                        pending_acks=stats.pending,
+                        queued=self._queue.qsize(),
+                    )
+                )
+                last, last_s = dict(stats.records_by_kind), now_s
+        finally:
+            status_line.close()
+
+    async def _summarize(self) -> None:
         interval_s = self.settings.runtime.summary_interval_s
         if interval_s <= 0:
             return
@@ -328,8 +352,8 @@ class Connector:
                 for kind, count in sorted(now.items())
             }
             last = now
-            supervisor = self.supervisor
-            session = supervisor.session if supervisor else None
+            fleet = self.fleet
+            totals = fleet.total_stats() if fleet else None
             # What the sink has: completed files for the file transport, unacked records for NATS.
             sink = (
                 {"files_written": stats.files_written}
@@ -339,12 +363,13 @@ class Connector:
             log.info(
                 "connector.summary",
                 per_s=rates,
-                markets=market_count,
+                markets=fleet.markets if fleet else 0,
+                connections=len(fleet.supervisors) if fleet else 0,
                 published=self.published,
                 queued=self._queue.qsize(),
-                gaps=session.stats.gaps if session else 0,
-                resyncs=session.stats.resyncs if session else 0,
-                reconnects=supervisor.reconnects if supervisor else 0,
+                gaps=totals.gaps if totals else 0,
+                resyncs=totals.resyncs if totals else 0,
+                reconnects=fleet.reconnects if fleet else 0,
                 **sink,
             )
 

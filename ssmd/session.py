@@ -1,8 +1,8 @@
 """The client side of one Kalshi WebSocket connection, sans I/O (PROTOCOL.md §4-§6).
 
 Commands go out as bytes, frames come in as bytes, and normalized records plus session events
-come out. Subscriptions, per-sid sequence state, the local order books and their repair live
-here; there is no asyncio, no socket and no clock: every frame brings its receive time.
+come out. Subscriptions, per-sid sequence state, the local order books, their repair and the
+changing market set live here; no asyncio, no socket, no clock: every frame brings its time.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ssmd.messages import (
     ErrorFrame,
     Frame,
     FrameDecoder,
+    Ok,
     Subscribe,
     Subscribed,
     SubscribeParams,
@@ -43,6 +44,7 @@ from ssmd.session_events import (
     TradesMissing,
     UnsupportedFrame,
 )
+from ssmd.session_markets import MARKET_CHANNELS, MarketChanges
 
 # §6.6: codes after which the subscription no longer exists (10 and 25 terminal; 17 listed
 # terminal in the 2026-08 spec, §12 #9).
@@ -89,7 +91,8 @@ class KalshiSession:
     `receive_frame()` for every text frame, and `events_to_handle()` when `has_events`.
     `trades_since_ts_ns` (a reconnect) asks for a REST backfill of trades from that time
     once the trade subscription is confirmed; `recent_trades` carries trade ids across
-    connections so a trade is published once.
+    connections so a trade is published once. `add_markets`/`remove_markets` change the
+    market set while it runs; with no markets, market-scoped channels are not subscribed.
     """
 
     def __init__(
@@ -111,7 +114,6 @@ class KalshiSession:
         self.last_trade_ts_ns: int | None = trades_since_ts_ns
         self._decoder = FrameDecoder()
         self._decode = self._decoder.decode
-        self._markets = tuple(markets)
         self._next_command_id = 1
         self._commands: list[bytes] = []
         self._events: list[SessionEvent] = []
@@ -126,8 +128,27 @@ class KalshiSession:
         self._trade_resume: _TradeResume | None = None
         if trades_since_ts_ns is not None:
             self._trade_resume = _TradeResume(trades_since_ts_ns, "reconnected")
+        channels = tuple(channels)
+        self._market_changes = MarketChanges(self, markets, channels)
         for channel in channels:
-            self.subscribe(channel)
+            if channel not in MARKET_CHANNELS or self._market_changes.wanted:
+                self.subscribe(channel)
+
+    # -- the market set (§5.3) ----------------------------------------------------------------
+
+    @property
+    def markets(self) -> tuple[str, ...]:
+        """The markets this connection wants now, changes not yet confirmed included: what a
+        reconnect subscribes."""
+        return tuple(self._market_changes.wanted)
+
+    def add_markets(self, markets: Iterable[str]) -> None:
+        """Carry these markets too (add_markets on each sid); known ones are ignored."""
+        self._market_changes.add(markets)
+
+    def remove_markets(self, markets: Iterable[str]) -> None:
+        """Stop carrying these markets (delete_markets); unknown ones are ignored."""
+        self._market_changes.remove(markets)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -149,9 +170,13 @@ class KalshiSession:
 
     def subscribe(self, channel: Channel) -> Subscription:
         """Send a subscribe for `channel` with this session's markets (a new sid follows)."""
+        # §7.0: lifecycle takes no market filter; the others are never sent without one (none
+        # would mean "all markets"): with no market wanted, nothing is sent.
+        markets = self.markets if channel in MARKET_CHANNELS else ()
+        if channel in MARKET_CHANNELS and not markets:
+            self.subscriptions.pop(channel, None)
+            return Subscription(channel, 0, (), SubscriptionState.ENDED)
         command_id = self.next_command_id()
-        # §7.0: lifecycle takes no market filter; ticker/trade without markets mean "all".
-        markets = () if channel is Channel.MARKET_LIFECYCLE_V2 else self._markets
         params = SubscribeParams(
             channels=[channel.value],
             market_tickers=list(markets) if markets else None,
@@ -162,7 +187,15 @@ class KalshiSession:
         self.subscriptions[channel] = subscription
         self._by_command[command_id] = subscription
         self._commands.append(encode_command(Subscribe(id=command_id, params=params)))
+        if channel in MARKET_CHANNELS:
+            self._market_changes.on_subscribe(subscription)
         return subscription
+
+    def restart_channel(self, channel: Channel, reason: str) -> Subscription:
+        """Subscribe `channel` again (its sid is gone); trades meanwhile are backfilled."""
+        if channel is Channel.TRADE:
+            self._trade_resume = _TradeResume(self.last_trade_ts_ns, reason)
+        return self.subscribe(channel)
 
     def commands_to_send(self) -> list[bytes]:
         """Encoded commands the driver must send now, in order."""
@@ -335,9 +368,11 @@ class KalshiSession:
             self._receive_subscribed(frame, receive_ts_ns)
         elif isinstance(frame, ErrorFrame):
             self._receive_error(frame, receive_ts_ns)
+        elif isinstance(frame, Ok):
+            self._market_changes.on_ok(frame, receive_ts_ns)
         elif isinstance(frame, Unsubscribed) and frame.sid is not None:
             self._end_sid(frame.sid)
-        # `ok` (§6.3) only consumed its seq, which _accept_seq already did.
+            self._market_changes.on_unsubscribed(frame.sid, receive_ts_ns)
 
     def _end_sid(self, sid: int) -> None:
         ended = self._by_sid.pop(sid, None)
@@ -382,6 +417,7 @@ class KalshiSession:
                     reason=resume.reason,
                 )
             )
+        self._market_changes.on_subscribed(subscription, receive_ts_ns)
 
     def _receive_error(self, frame: ErrorFrame, receive_ts_ns: int) -> None:
         code = frame.msg.code if frame.msg else 0
@@ -419,6 +455,8 @@ class KalshiSession:
         # An error naming one of our repair commands (e.g. 13 on a non-orderbook sid) escalates.
         if frame.id is not None and self._repairs.on_refused(frame.id, code, receive_ts_ns):
             return
+        if not terminal or frame.sid is None:  # an add/remove refused: retried, or forgotten
+            self._market_changes.on_error(frame.id, frame.sid, code, message, receive_ts_ns)
         if terminal and subscription is not None and frame.sid is not None:
             self._recreate(subscription, frame.sid, code, receive_ts_ns)
 
@@ -429,9 +467,7 @@ class KalshiSession:
         if subscription.channel is Channel.ORDERBOOK_DELTA:
             self._repairs.recreate(subscription.markets, sid, reason, ts_ns)
             return
-        if subscription.channel is Channel.TRADE:
-            self._trade_resume = _TradeResume(self.last_trade_ts_ns, reason)
-        self.subscribe(subscription.channel)
+        self.restart_channel(subscription.channel, reason)
 
     def _reject(self, exc: FrameDecodeError, data: bytes | str) -> None:
         if exc.reason == UNSUPPORTED_TYPE and exc.type_name is not None:

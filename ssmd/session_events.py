@@ -122,6 +122,29 @@ class TradesMissing:
 
 
 @dataclass(frozen=True)
+class MarketsChanged:
+    """An add_markets/remove_markets call was confirmed by the exchange on every channel it
+    went to (§6.3), once per call: these markets' streams start (`added`; the first channel's
+    data, e.g. the book snapshots, may come before this) or have ended (`removed`)."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    status: Status
+
+
+@dataclass(frozen=True)
+class MarketsRejected:
+    """The exchange refused to add `markets` on `channel` (e.g. error 26, §6.6). The session
+    forgot them on every channel; the driver may place them on another connection."""
+
+    channel: Channel
+    markets: tuple[str, ...]
+    code: int
+    message: str
+    command_id: int | None
+
+
+@dataclass(frozen=True)
 class SlowDown:
     """The exchange said too many requests (error 27): space out commands."""
 
@@ -164,6 +187,8 @@ SessionEvent = (
     | Resynced
     | ReconnectRequired
     | TradesMissing
+    | MarketsChanged
+    | MarketsRejected
     | SlowDown
     | DuplicateFrame
     | UnsupportedFrame

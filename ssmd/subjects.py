@@ -16,6 +16,10 @@ Msg-Ids (the `Nats-Msg-Id` header JetStream dedupes on within the stream's dupli
   Dedupes retries and re-publishes of the same record, NOT the same fact received by another
   instance (sids and seqs are per connection). Not safe from two instances.
 - status: `status:{connection_id}:{event}:{receive_ts_ns}`.
+- top (derived, ssmd.top): `top:{market}:{sid}:{seq}:{receive_ts_ns}` of the book record the top
+  shows the book after. At most one top follows any book record, so two tops never share a key,
+  and a replay of the same frames (same receive times, same flush times) gives the same keys.
+  Like the book keys: not safe from two instances.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ssmd.records import (
     Record,
     Status,
     Ticker,
+    Top,
     Trade,
     record_kind,
 )
@@ -168,6 +173,13 @@ def _snapshot_id(record: BookSnapshot) -> str:
     return f"book_snapshot:{record.market}:{sid_text}:{seq_text}:{record.receive_ts_ns}"
 
 
+def _top_id(record: Top) -> str:
+    sid, seq = record.sid, record.seq
+    sid_text = "" if sid is None else sid
+    seq_text = "" if seq is None else seq
+    return f"top:{record.market}:{sid_text}:{seq_text}:{record.receive_ts_ns}"
+
+
 def _status_id(record: Status) -> str:
     return f"status:{record.connection_id}:{record.event.value}:{record.receive_ts_ns}"
 
@@ -179,6 +191,7 @@ _ID_BUILDERS: dict[type, Callable[[Any], str]] = {
     Ticker: _ticker_id,
     Lifecycle: _lifecycle_id,
     Status: _status_id,
+    Top: _top_id,
 }
 
 

@@ -1,13 +1,14 @@
 """Keeps one exchange connection alive: connect, stream, and on loss reconnect under the retry
 policy with a fresh signature and every subscription restored; trades lost meanwhile are
-backfilled over REST (PROTOCOL.md §3 reconnect, §4.3, §9.5) and published once."""
+backfilled over REST (PROTOCOL.md §3 reconnect, §4.3, §9.5) and published once. Its market set
+can change while it runs (update_subscription, §5.3); a reconnect subscribes the current set."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,12 @@ from ssmd.client import KalshiClient
 from ssmd.client_events import ClientKind
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected, ProtocolError
 from ssmd.messages import Channel
+from ssmd.recording import FrameRecorder, MarkKind
 from ssmd.records import Record, StatusEvent
 from ssmd.rest import KalshiRest
 from ssmd.retry import RetryPolicy, Verdict
 from ssmd.session import KalshiSession, RecentIds
-from ssmd.session_events import SessionStats, TradesMissing
+from ssmd.session_events import MarketsRejected, SessionStats, TradesMissing
 
 if TYPE_CHECKING:
     from ssmd.client_picows import PicowsKalshiClient
@@ -65,14 +67,24 @@ class ConnectionSupervisor:
         rest: KalshiRest | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         monotonic_s: Callable[[], float] = time.monotonic,
+        recent_trades: RecentIds | None = None,
+        recorder: FrameRecorder | None = None,
     ) -> None:
+        """`recent_trades` is shared by every connection of a process, so a trade seen on one
+        (or backfilled for one) is published once even when its market moved connections."""
         self.plan = plan
+        self.recorder = recorder  # raw frames and continuity marks (ssmd.recording), if on
         self._sink = sink
         self._policy = policy
         self._rest = rest
         self._clock_ns = clock_ns
         self._monotonic_s = monotonic_s
-        self._recent_trades = RecentIds()
+        self._recent_trades = recent_trades if recent_trades is not None else RecentIds()
+        # The markets this connection should carry now (ordered); the plan's are the first.
+        self.markets: dict[str, None] = dict.fromkeys(plan.markets)
+        # Called with markets the exchange refused (error 26): the fleet places them elsewhere.
+        self.on_markets_rejected: Callable[[ConnectionSupervisor, tuple[str, ...]], Awaitable[None]]
+        self.on_markets_rejected = _ignore_rejected
         self._log = structlog.get_logger("ssmd.supervisor").bind(connection=plan.name)
         self.client: KalshiClient | PicowsKalshiClient | None = None
         self.connections = 0
@@ -90,6 +102,35 @@ class ConnectionSupervisor:
     def connected(self) -> bool:
         """A connection is open now: its handshake succeeded and its run has not ended."""
         return self._live is not None and self.client is not None and self.client.connected.is_set()
+
+    def add_markets(self, markets: Iterable[str]) -> None:
+        """Carry these markets too: at once on a live connection (add_markets, §5.3), and on
+        every later reconnect."""
+        new = [market for market in markets if market not in self.markets]
+        if not new:
+            return
+        self.markets.update(dict.fromkeys(new))
+        if self._live is not None:
+            self._mark(self._live, MarkKind.MARKETS_ADDED, new)
+            self._live.add_markets(new)
+
+    def remove_markets(self, markets: Iterable[str]) -> None:
+        """Stop carrying these markets (delete_markets, §5.3); unknown ones are ignored."""
+        gone = [market for market in markets if market in self.markets]
+        if not gone:
+            return
+        for market in gone:
+            del self.markets[market]
+        if self._live is not None:
+            self._mark(self._live, MarkKind.MARKETS_REMOVED, gone)
+            self._live.remove_markets(gone)
+
+    def _mark(self, session: KalshiSession, kind: MarkKind, markets: list[str]) -> None:
+        """A replay must change its session's markets where the live run did."""
+        if self.recorder is not None:
+            self.recorder.mark(
+                session.connection_id, kind, self._clock_ns(), markets=tuple(markets)
+            )
 
     def total_stats(self) -> SessionStats:
         """Every connection's session counters summed, exactly (for metrics)."""
@@ -116,7 +157,7 @@ class ConnectionSupervisor:
             session = KalshiSession(
                 connection_id=f"{self.plan.name}/{self.connections}",
                 channels=self.plan.channels,
-                markets=self.plan.markets,
+                markets=tuple(self.markets),
                 use_yes_price=self.plan.use_yes_price,
                 repair_timeout_s=self.plan.repair_timeout_s,
                 trades_since_ts_ns=trades_since_ns,
@@ -136,6 +177,8 @@ class ConnectionSupervisor:
                 backfills.create_task(self._backfill(event, session), name="trade-backfill")
 
             client.on_trades_missing = on_missing
+            client.on_markets_rejected = self._rejected
+            client.recorder = self.recorder
             self.client = client
             self._live = session
             started_s = self._monotonic_s()
@@ -169,6 +212,19 @@ class ConnectionSupervisor:
                 await asyncio.wait_for(stop.wait(), decision.delay_s)
         return None
 
+    async def _rejected(self, event: MarketsRejected) -> None:
+        """The exchange refused markets (error 26): the session forgot them; so do we, and the
+        owner of this connection decides where they go."""
+        for market in event.markets:
+            self.markets.pop(market, None)
+        self._log.warning(
+            "supervisor.markets_rejected",
+            markets=len(event.markets),
+            code=event.code,
+            message=event.message,
+        )
+        await self.on_markets_rejected(self, event.markets)
+
     async def _backfill(self, event: TradesMissing, session: KalshiSession) -> None:
         """Fetch the window's trades over REST and publish those not seen on the WebSocket."""
         if self._rest is None:
@@ -200,3 +256,7 @@ class ConnectionSupervisor:
             published=published,
             reason=event.reason,
         )
+
+
+async def _ignore_rejected(supervisor: ConnectionSupervisor, markets: tuple[str, ...]) -> None:
+    """A lone supervisor has nowhere else to put refused markets: they stay unsubscribed."""

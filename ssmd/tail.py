@@ -24,7 +24,7 @@ from nats.js.api import DeliverPolicy
 
 from ssmd.config import NatsTransportSettings, Settings
 from ssmd.errors import ConfigError, TransportError
-from ssmd.fixedpoint import format_price, format_size
+from ssmd.fixedpoint import format_fixed, format_price, format_size
 from ssmd.records import (
     RECORD_TYPES,
     BookDelta,
@@ -34,6 +34,7 @@ from ssmd.records import (
     Record,
     Status,
     Ticker,
+    Top,
     Trade,
     record_kind,
 )
@@ -159,6 +160,10 @@ def _size(size_e2: int | None) -> str:
     return "-" if size_e2 is None else format_size(size_e2)
 
 
+def _odds(odds_e2: int | None) -> str:
+    return "-" if odds_e2 is None else ("+" if odds_e2 > 0 else "") + format_fixed(odds_e2, 2)
+
+
 def _best(levels: tuple[Level, ...]) -> str:
     # Book levels are ascending by price: the best bid is the last one.
     return (
@@ -216,6 +221,16 @@ def _key_fields(record: Record) -> list[str]:
             )
             fields = [f"event={record.event.value}", f"connection={record.connection_id}"]
             return fields + [f"{name}={value}" for name, value in optional if value is not None]
+        case Top():
+            mid = "-" if record.mid_e5 is None else format_fixed(record.mid_e5, 5)
+            return [
+                f"bid={_price(record.yes_bid_e4)}x{_size(record.yes_bid_size_e2)}",
+                f"ask={_price(record.yes_ask_e4)}x{_size(record.yes_ask_size_e2)}",
+                f"mid={mid}",
+                f"odds={_odds(record.yes_american_odds_e2)}/{_odds(record.no_american_odds_e2)}",
+                f"liquidity={record.yes_liquidity.value}/{record.no_liquidity.value}",
+                f"trigger={record.trigger.value}",
+            ]
 
 
 def format_record_line(record: Record, *, stream_seq: int | None) -> str:

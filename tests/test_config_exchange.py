@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.asyncio.client import connect
 
+from ssmd.assembly import open_exchange, retry_policy
 from ssmd.auth import WS_PATH, signed_headers
 from ssmd.client_events import ClientKind
 from ssmd.config import (
@@ -27,7 +28,7 @@ from ssmd.exchange.outbound import BackpressurePolicy
 from ssmd.exchange.schedule import ALL_KINDS, FaultKind, RandomFaults
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.retry import RetryPolicy
-from ssmd.runner import Connector, open_exchange, retry_policy
+from ssmd.runner import Connector
 from ssmd.supervisor import ConnectionPlan
 
 from .conftest import write_pem

@@ -429,7 +429,15 @@ def test_ssmd_schema_lists_every_record_kind() -> None:
     result = subprocess.run([TOOLBOX, "schema"], capture_output=True, text=True, check=True)
     schema = json.loads(result.stdout)
     mapping = schema["discriminator"]["mapping"]
-    assert set(mapping) == {"trade", "ticker", "book_snapshot", "book_delta", "lifecycle", "status"}
+    assert set(mapping) == {
+        "trade",
+        "ticker",
+        "book_snapshot",
+        "book_delta",
+        "lifecycle",
+        "status",
+        "top",
+    }
 
 
 async def start_stalled_connector(

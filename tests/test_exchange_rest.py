@@ -290,7 +290,7 @@ async def test_signed_requests_are_verified_and_unsigned_ones_served(
 
 async def test_unknown_rest_path_is_404(rsa_key: rsa.RSAPrivateKey) -> None:
     async with new_sim(rsa_key) as sim:
-        url = f"{sim.rest_url}/markets"
+        url = f"{sim.rest_url}/portfolio/balance"  # /markets is served (the catalog)
         status, _, body = await asyncio.to_thread(_http_get, url, {})
         assert (status, body["code"]) == (404, "not_found")
 

@@ -17,6 +17,7 @@ from ssmd.logs import (
     REDACTED,
     LogFormat,
     LogLevel,
+    RepeatLimiter,
     bind_context,
     clear_context,
     configure_logging,
@@ -184,3 +185,122 @@ def test_non_json_values_are_stringified() -> None:
     (line,) = json_lines(stream)
     assert line["level_enum"] == "info"
     assert line["when"].startswith("2026-01-01")
+
+
+# -- rate-limited repeats ----------------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_identical_warnings_within_the_window_are_dropped_and_counted() -> None:
+    stream = io.StringIO()
+    clock = FakeClock()
+    configure_logging("info", LogFormat.JSON, stream, repeat_window_s=10.0, monotonic_s=clock)
+    log = get_logger("ssmd.test")
+    for attempt in range(5):  # numbers (attempt, seq) are not part of what makes a repeat
+        log.warning("nats.reconnect_failed", error="connection refused", attempt=attempt)
+        clock.now_s += 1.0
+    log.warning("nats.reconnect_failed", error="no route to host", attempt=5)  # another error
+    clock.now_s = 1_000.0 + 10.0  # the window of the first line has passed
+    log.warning("nats.reconnect_failed", error="connection refused", attempt=6)
+    log.warning("nats.reconnect_failed", error="connection refused", attempt=7)  # a new window
+    clock.now_s += 10.0
+    log.warning("nats.reconnect_failed", error="connection refused", attempt=8)
+    lines = json_lines(stream)
+    assert [(line["error"], line["attempt"], line.get("repeated")) for line in lines] == [
+        ("connection refused", 0, None),
+        ("no route to host", 5, None),
+        ("connection refused", 6, 4),  # attempts 1-4 were dropped
+        ("connection refused", 8, 1),  # attempt 7
+    ]
+
+
+def test_repeats_are_told_apart_by_logger_level_event_and_text_values() -> None:
+    stream = io.StringIO()
+    configure_logging("info", LogFormat.JSON, stream, monotonic_s=FakeClock())
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", sid=1)
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", sid=2)  # a number: a repeat
+    get_logger("ssmd.b").warning("x.failed", reason="timeout")  # another logger
+    get_logger("ssmd.a").error("x.failed", reason="timeout")  # another level
+    get_logger("ssmd.a").warning("x.other", reason="timeout")  # another event
+    get_logger("ssmd.a").warning("x.failed", reason="closed")  # another string value
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", retrying=True)  # another key
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", markets=["A"])
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", markets=["B"])  # by repr
+    bind_context(connection_id="c/2")
+    get_logger("ssmd.a").warning("x.failed", reason="timeout", sid=1)  # bound context counts
+    lines = json_lines(stream)
+    assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
+        ("ssmd.a", "warning", "x.failed"),
+        ("ssmd.b", "warning", "x.failed"),
+        ("ssmd.a", "error", "x.failed"),
+        ("ssmd.a", "warning", "x.other"),
+        ("ssmd.a", "warning", "x.failed"),
+        ("ssmd.a", "warning", "x.failed"),
+        ("ssmd.a", "warning", "x.failed"),
+        ("ssmd.a", "warning", "x.failed"),
+        ("ssmd.a", "warning", "x.failed"),
+    ]
+    assert lines[-1]["connection_id"] == "c/2"
+
+
+def test_info_lines_are_never_rate_limited() -> None:
+    stream = io.StringIO()
+    configure_logging("info", LogFormat.JSON, stream, monotonic_s=FakeClock())
+    for _ in range(3):
+        get_logger("ssmd.test").info("client.connected", url="ws://127.0.0.1:1")
+    assert [line.get("repeated") for line in json_lines(stream)] == [None, None, None]
+
+
+def test_a_zero_window_turns_the_limiter_off() -> None:
+    stream = io.StringIO()
+    configure_logging("info", LogFormat.JSON, stream, repeat_window_s=0)
+    for _ in range(3):
+        get_logger("ssmd.test").error("x.failed", reason="same")
+    assert len(json_lines(stream)) == 3
+
+
+def test_repeats_are_judged_on_redacted_values_and_stay_redacted() -> None:
+    stream = io.StringIO()
+    clock = FakeClock()
+    configure_logging("info", LogFormat.JSON, stream, monotonic_s=clock)
+    log = get_logger("ssmd.test")
+    log.warning("auth.rejected", token="tok-1", key_id="k")
+    log.warning("auth.rejected", token="tok-2", key_id="k")  # differs only in a secret: a repeat
+    clock.now_s += 11.0
+    log.warning("auth.rejected", token="tok-3", key_id="k")
+    lines = json_lines(stream)
+    assert [(line["token"], line.get("repeated")) for line in lines] == [
+        (REDACTED, None),
+        (REDACTED, 1),
+    ]
+    assert "tok-" not in stream.getvalue()
+
+
+def test_the_limiter_forgets_the_stalest_lines_beyond_its_capacity() -> None:
+    clock = FakeClock()
+    limiter = RepeatLimiter(10.0, monotonic_s=clock, max_keys=2)
+
+    def passes(event: str) -> bool:
+        try:
+            limiter(None, "warning", {"event": event, "level": "warning"})
+        except structlog.DropEvent:
+            return False
+        return True
+
+    assert [passes(event) for event in ("a", "b", "a", "c", "a", "b")] == [
+        True,  # a
+        True,  # b
+        False,  # a again
+        True,  # c: a (the stalest) is forgotten
+        True,  # a: new again, b forgotten
+        True,  # b
+    ]

@@ -48,8 +48,10 @@ from ssmd.transport.nats import (
     connect_nats,
 )
 from ssmd.transport.nats_core import (
+    LATENCY_BOUNDS_NS,
     AckWatch,
     AckWindow,
+    LatencyHistogram,
     PubAck,
     header_tail,
     header_value,
@@ -216,14 +218,16 @@ def test_parse_pub_ack(data: bytes, headers: dict[str, str] | None, expected: ob
 
 def test_ack_window_settles_in_any_order_and_counts() -> None:
     window = AckWindow(capacity=3)
-    numbers = [window.add((f"s.{k}", b"x" * k, b"", kind)) for k, kind in enumerate("aab", 1)]
+    numbers = [
+        window.add((f"s.{k}", b"x" * k, b"", kind, TS, TS)) for k, kind in enumerate("aab", 1)
+    ]
     assert numbers == [0, 1, 2]
     assert window.full
-    assert window.settle(1, duplicate=False)
-    assert not window.settle(1, duplicate=False)  # the ack of a re-send
+    assert window.settle(1, duplicate=False, now_ns=TS)
+    assert not window.settle(1, duplicate=False, now_ns=TS)  # the ack of a re-send
     assert window.unacked_from(0) == [0, 2]
     assert window.unacked_from(1) == [2]
-    assert window.settle(0, duplicate=True)
+    assert window.settle(0, duplicate=True, now_ns=TS)
     stats = window.stats(reconnects=2)
     assert stats.records_by_kind == {"a": 2}
     assert (stats.acked, stats.duplicates, stats.pending, stats.bytes_written) == (2, 1, 1, 3)
@@ -245,15 +249,68 @@ def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
     window = AckWindow(capacity=10)
     watch = AckWatch(timeout_s=5)
     assert not watch.overdue(window, 0.0)  # nothing pending
-    window.add(("s", b"", b"", "k"))
-    window.add(("s", b"", b"", "k"))
+    window.add(("s", b"", b"", "k", TS, TS))
+    window.add(("s", b"", b"", "k", TS, TS))
     assert not watch.overdue(window, 100.0)  # first seen now
     assert not watch.overdue(window, 104.9)
-    window.settle(0, duplicate=False)  # progress: the oldest changed
+    window.settle(0, duplicate=False, now_ns=TS)  # progress: the oldest changed
     assert not watch.overdue(window, 106.0)
     assert not watch.overdue(window, 110.0)
     assert watch.overdue(window, 111.0)
     assert not watch.overdue(window, 111.5)  # re-armed after firing
+
+
+MS = 1_000_000  # nanoseconds
+
+
+def bucket_of(latency_ns: int) -> int:
+    """The index of the first bound >= latency_ns (len(bounds): beyond every bound)."""
+    return next(
+        (i for i, bound in enumerate(LATENCY_BOUNDS_NS) if latency_ns <= bound),
+        len(LATENCY_BOUNDS_NS),
+    )
+
+
+def test_latency_buckets_span_a_tenth_of_a_millisecond_to_five_seconds() -> None:
+    assert LATENCY_BOUNDS_NS[0] == MS // 10
+    assert LATENCY_BOUNDS_NS[-1] == 5_000 * MS
+    assert list(LATENCY_BOUNDS_NS) == sorted(set(LATENCY_BOUNDS_NS))
+
+
+def test_latency_histogram_puts_a_bound_in_its_own_bucket_and_sums_exactly() -> None:
+    histogram = LatencyHistogram()
+    for latency_ns in (0, MS // 10, MS // 10 + 1, 3 * MS, 5_000 * MS, 5_000 * MS + 1, 60_000 * MS):
+        histogram.observe(latency_ns)
+    snapshot = histogram.snapshot()
+    counts = dict.fromkeys(range(len(LATENCY_BOUNDS_NS) + 1), 0)
+    for index in (0, 0, 1, bucket_of(3 * MS), len(LATENCY_BOUNDS_NS) - 1):
+        counts[index] += 1
+    counts[len(LATENCY_BOUNDS_NS)] += 2  # above 5 s: the +Inf bucket only
+    assert snapshot.counts == tuple(counts.values())
+    assert snapshot.count == 7
+    assert snapshot.sum_ns == 0 + MS // 10 + MS // 10 + 1 + 3 * MS + 10_000 * MS + 1 + 60_000 * MS
+    cumulative = snapshot.cumulative()
+    assert cumulative == sorted(cumulative)
+    assert cumulative[-1] == 7
+    histogram.observe(MS)
+    assert snapshot.count == 7  # a snapshot is a copy
+
+
+def test_ack_window_times_each_ack_from_receive_and_from_publish() -> None:
+    window = AckWindow(capacity=4)
+    # received at TS, handed to the transport 2 ms later, acked 3 ms after that
+    window.add(("s", b"x", b"", "trade", TS, TS + 2 * MS))
+    window.add(("s", b"x", b"", "trade", TS + MS, TS + 2 * MS))
+    assert window.settle(0, duplicate=False, now_ns=TS + 5 * MS)
+    assert window.settle(1, duplicate=True, now_ns=TS + 6 * MS)
+    assert not window.settle(1, duplicate=False, now_ns=TS + 9 * MS)  # a re-send's ack: not timed
+    latency = window.latency()
+    assert latency.last_ack_ns == TS + 6 * MS
+    frame, publish = latency.frame_to_ack, latency.publish_to_ack
+    assert (frame.count, frame.sum_ns) == (2, 5 * MS + 5 * MS)
+    assert frame.counts[bucket_of(5 * MS)] == 2  # le 5 ms: a bound is in its own bucket
+    assert (publish.count, publish.sum_ns) == (2, 3 * MS + 4 * MS)
+    assert publish.counts[bucket_of(3 * MS)] == 2  # 3 and 4 ms: le 5 ms
 
 
 def test_hpub_command_is_what_nats_py_sends() -> None:
@@ -429,6 +486,62 @@ async def test_publish_many_with_overflow_drop_counts_and_reports(
     assert status.event is StatusEvent.DROPPED
     assert f"{50 - window} records dropped" in status.reason
     assert records[window + 1 :] == [trade(50)]
+
+
+async def test_every_ack_is_timed_from_the_frame_and_from_the_publish_call(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    """The transport's clock reads T0 when publish_many() is called and T0 + 20 ms for every
+    ack: each record's two latencies are known exactly, whichever way the acks arrive."""
+    t0 = TS + 1_000 * MS
+    clock = itertools.chain([t0], itertools.repeat(t0 + 20 * MS)).__next__
+    # A window smaller than the batch: some records wait for room in publish_many().
+    settings = nats_settings([nats_server.url], max_pending_acks=32)
+    transport = await transport_factory(settings, clock_ns=clock)
+    records = [
+        msgspec.structs.replace(trade(n), receive_ts_ns=t0 - (40 + n % 2) * MS) for n in range(100)
+    ]
+    await transport.publish_many(records)
+    await transport.flush()
+    latency = transport.latency()
+    acked = transport.stats().acked
+    assert acked == len(records)
+    assert latency.last_ack_ns == t0 + 20 * MS
+    publish, frame = latency.publish_to_ack, latency.frame_to_ack
+    assert publish.count == frame.count == acked
+    assert publish.counts[bucket_of(20 * MS)] == acked  # le 25 ms
+    assert publish.sum_ns == acked * 20 * MS
+    assert frame.counts[bucket_of(60 * MS)] == acked  # 60 ms and 61 ms: le 100 ms
+    assert frame.sum_ns == 50 * 60 * MS + 50 * 61 * MS
+    for histogram in (publish, frame):
+        cumulative = histogram.cumulative()
+        assert cumulative == sorted(cumulative)
+        assert cumulative[-1] == acked
+
+
+async def test_ack_latency_on_the_real_clock_counts_each_record_once(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    transport = await transport_factory(nats_settings([nats_server.url], max_pending_acks=64))
+    before_ns = time.time_ns()
+    for start in range(0, 300, 50):
+        now_ns = time.time_ns()
+        batch = [
+            msgspec.structs.replace(trade(n), receive_ts_ns=now_ns)
+            for n in range(start, start + 50)
+        ]
+        await transport.publish_many(batch)
+    await transport.publish(msgspec.structs.replace(trade(300), receive_ts_ns=time.time_ns()))
+    await transport.close()
+    latency = transport.latency()
+    assert latency.frame_to_ack.count == latency.publish_to_ack.count == 301
+    assert transport.stats().acked == 301
+    assert before_ns < latency.last_ack_ns <= time.time_ns()
+    for histogram in (latency.frame_to_ack, latency.publish_to_ack):
+        assert 0 < histogram.sum_ns <= 301 * (latency.last_ack_ns - before_ns)
+        cumulative = histogram.cumulative()
+        assert cumulative == sorted(cumulative)
+        assert cumulative[-1] == 301
 
 
 async def test_build_transport_makes_a_nats_transport_with_server_override(

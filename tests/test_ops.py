@@ -5,6 +5,7 @@ subscriptions and the NATS link, /health turns 503 when the exchange goes silent
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from ssmd.exchange.faults import Stall, StallMode
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.messages import Channel
 from ssmd.natsserver import NatsServer
-from ssmd.ops import ActivityWatch, parse_address
+from ssmd.ops import ActivityWatch, latency_histogram, parse_address, rest_metrics
 from ssmd.runner import Connector
 from ssmd.session import KalshiSession
 from ssmd.session_events import SessionStats
 from ssmd.transport.nats import NatsTransport
+from ssmd.transport.nats_core import LATENCY_BOUNDS_NS, LatencyHistogram
 
 from .conftest import REPO, write_pem
 
@@ -169,6 +171,18 @@ async def test_metrics_agree_with_simulator_and_stream_ready_follows_nats(
         assert metrics["ssmd_gaps_total"] == 0
         assert metrics["ssmd_dropped_total"] == 0
         assert metrics["ssmd_last_activity_timestamp_seconds"] > 0
+        acked = transport.stats().acked
+        for histogram in ("ssmd_frame_to_ack_latency_seconds", "ssmd_publish_latency_seconds"):
+            buckets = histogram_buckets(metrics, histogram)
+            bounds = [bound for bound, _ in buckets]
+            assert (bounds[0], bounds[-2], bounds[-1]) == (0.0001, 5.0, float("inf"))
+            counts = [count for _, count in buckets]
+            assert counts == sorted(counts), histogram  # cumulative: never decreasing
+            assert counts[-1] == metrics[f"{histogram}_count"] == acked
+            assert 0 < metrics[f"{histogram}_sum"] < counts[-1] * 60
+        assert 0 < metrics["ssmd_last_ack_timestamp_seconds"] <= time.time()
+        rest = ("ssmd_rest_calls_total", "ssmd_rest_throttled_total", "ssmd_rest_retries_total")
+        assert set(rest) <= metrics.keys()
         assert (await http.get("/health")).status_code == 200
 
         await nats_server.stop()
@@ -180,6 +194,16 @@ async def test_metrics_agree_with_simulator_and_stream_ready_follows_nats(
         stop.set()
         await http.aclose()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+def histogram_buckets(metrics: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """(le, cumulative count) of a scraped histogram, by bound."""
+    prefix = f"{name}_bucket{{le="
+    return sorted(
+        (float(key[len(prefix) : -1]), value)
+        for key, value in metrics.items()
+        if key.startswith(prefix)
+    )
 
 
 async def _gt(http: httpx.AsyncClient, name: str, value: float) -> bool:
@@ -318,3 +342,33 @@ async def test_ops_port_in_use_is_a_config_error(tmp_path: Path) -> None:
     finally:
         taken.close()
         await taken.wait_closed()
+
+
+def test_a_latency_histogram_is_exposed_in_seconds_with_cumulative_buckets() -> None:
+    histogram = LatencyHistogram()
+    for latency_ns in (50_000, 100_000, 3_000_000, 7_000_000_000):  # 0.05 ms ... 7 s
+        histogram.observe(latency_ns)
+    family = latency_histogram("test_latency", "A test", histogram.snapshot())
+    samples = {
+        (sample.name, sample.labels.get("le", "")): sample.value for sample in family.samples
+    }
+    assert family.name == "ssmd_test_latency_seconds"
+    assert family.type == "histogram"
+    assert samples[("ssmd_test_latency_seconds_bucket", "0.0001")] == 2  # le 0.1 ms
+    assert samples[("ssmd_test_latency_seconds_bucket", "0.0025")] == 2
+    assert samples[("ssmd_test_latency_seconds_bucket", "0.005")] == 3
+    assert samples[("ssmd_test_latency_seconds_bucket", "5.0")] == 3
+    assert samples[("ssmd_test_latency_seconds_bucket", "+Inf")] == 4
+    assert samples[("ssmd_test_latency_seconds_count", "")] == 4
+    assert samples[("ssmd_test_latency_seconds_sum", "")] == pytest.approx(7.00315)
+    bucket_counts = [value for (name, _), value in samples.items() if name.endswith("_bucket")]
+    assert len(bucket_counts) == len(LATENCY_BOUNDS_NS) + 1
+    assert bucket_counts == sorted(bucket_counts)
+
+
+def test_rest_counters_come_from_the_rest_stats_mapping() -> None:
+    families = {family.name: family for family in rest_metrics({"calls": 9, "throttled": 2})}
+    values = {name: family.samples[0].value for name, family in families.items()}
+    assert values == {"ssmd_rest_calls": 9, "ssmd_rest_throttled": 2, "ssmd_rest_retries": 0}
+    assert all(family.type == "counter" for family in families.values())
+    assert [family.samples[0].value for family in rest_metrics({})] == [0, 0, 0]

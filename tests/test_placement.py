@@ -55,14 +55,27 @@ def test_remove_reports_per_connection_and_ignores_strangers() -> None:
     assert placement.connection_of("B") == 1  # A, C on 0 and B, D on 1: alternating
 
 
-def test_refused_markets_move_and_the_connection_keeps_a_lower_cap() -> None:
+def test_refused_additions_lower_the_cap_to_what_the_exchange_accepted() -> None:
     placement = Placement(cap=5)
     placement.place(tickers(5))
     moves = placement.refused(0, ["M00003", "M00004"])
+    assert placement.cap == 3
     assert moves.added == {1: ("M00003", "M00004")}
     assert placement.markets_of(0) == ("M00000", "M00001", "M00002")
-    # Connection 0 is now considered full at 3: the next market goes to connection 1.
-    assert placement.place(["N"]).added == {1: ("N",)}
+    assert placement.place(["N"]).added == {1: ("N",)}  # connection 0 is full at 3
+
+
+def test_a_whole_subscribe_refused_halves_the_cap_and_places_again() -> None:
+    placement = Placement(cap=50)
+    placement.place(tickers(100))  # 50 + 50
+    first = placement.markets_of(0)
+    moves = placement.refused(0, first)
+    assert placement.cap == 25
+    # Connection 1 holds 50 (refused or not, that is for its own answer to say); the 50
+    # refused go to new connections, not back to 0: its other channels' answers are pending.
+    assert placement.load() == [0, 50, 25, 25]
+    assert sorted(m for ms in moves.added.values() for m in ms) == sorted(first)
+    assert placement.refused(0, ["not-there"]).empty
 
 
 def test_max_connections_leaves_the_rest_unplaced() -> None:

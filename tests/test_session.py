@@ -220,7 +220,10 @@ def test_control_frames_consume_sequence_numbers() -> None:
 
 def test_rejected_subscribe_and_terminal_error() -> None:
     session = KalshiSession(
-        connection_id="t", channels=[Channel.TICKER, Channel.TRADE], markets=(), use_yes_price=False
+        connection_id="t",
+        channels=[Channel.TICKER, Channel.TRADE],
+        markets=MARKETS[:1],
+        use_yes_price=False,
     )
     session.commands_to_send()
     session.receive_frame(
@@ -244,7 +247,11 @@ def test_rejected_subscribe_and_terminal_error() -> None:
         SubscriptionState.REQUESTED,
     ]
     assert [json.loads(c) for c in session.commands_to_send()] == [
-        {"id": 3, "cmd": "subscribe", "params": {"channels": ["trade"]}}
+        {
+            "id": 3,
+            "cmd": "subscribe",
+            "params": {"channels": ["trade"], "market_tickers": [MARKETS[0]]},
+        }
     ]
 
 
@@ -330,8 +337,12 @@ def test_malformed_frames_are_counted_with_context_and_the_stream_goes_on() -> N
 def test_get_snapshot_recovery_capture(captures_dir: Path) -> None:
     """Live demo frames (§4.2.4): snapshots 1-3, then (the source kept an excerpt) delta 30,
     get_snapshot replies 31-33 carrying the command id, deltas 34-35. Exactly one gap: 4 → 30."""
+    markets = [f"KXMAXSHARDINGTEST-26AUG2818-T{strike}.99" for strike in (56399, 65399, 68399)]
     session = KalshiSession(
-        connection_id="replay", channels=[Channel.ORDERBOOK_DELTA], markets=(), use_yes_price=True
+        connection_id="replay",
+        channels=[Channel.ORDERBOOK_DELTA],
+        markets=markets,
+        use_yes_price=True,
     )
     session.commands_to_send()
     path = captures_dir / "ericsngyun__probability-arena__demo-2026-08-17-get-snapshot.jsonl"

@@ -24,17 +24,50 @@ from ssmd.config.fields import (
     rule,
 )
 from ssmd.config.nats import NatsTransportSettings
+from ssmd.config.recording import RecordingSettings
+from ssmd.config.selection import RestRateSettings, SelectionSettings, ShardSettings
+from ssmd.config.top import TopSettings
 from ssmd.errors import ConfigError
+from ssmd.exchange.catalog import MVE_PREFIX
+from ssmd.exchange.catalog_spec import CatalogSpec
+from ssmd.exchange.churn import ChurnSpec
 from ssmd.exchange.outbound import BackpressurePolicy
 from ssmd.exchange.schedule import ALL_KINDS
 from ssmd.logs import LogFormat, LogLevel
 from ssmd.messages import Channel
+from ssmd.ratelimit import BASIC_READ_BURST_S
 from ssmd.rest import REST_PATH
 
 INLINE_SECRET_FIX = (
     "never put secrets in configuration files: give credentials.private_key_file (path to the"
     " PEM file) or credentials.private_key_env (name of an environment variable holding the PEM)"
 )
+
+
+class ChurnSettings(Section):
+    """Markets the simulator creates and retires over time (ssmd.exchange.churn.ChurnSpec): an
+    event every create_every_s; its markets open, close, are determined and settled (§7.5)."""
+
+    create_every_s: float = Field(default=60.0, gt=0)
+    markets_per_event: int = Field(default=5, ge=1)
+    series_ticker: str = Field(default="KXQUICKSETTLE", pattern=r"^[A-Z0-9]+$")
+    open_after_s: float = Field(default=10.0, ge=0)
+    lifetime_s: float = Field(default=300.0, gt=0)
+    determine_after_s: float = Field(default=30.0, ge=0)
+    settle_after_s: float = Field(default=60.0, ge=0)
+    deactivate_fraction: float = Field(default=0.0, ge=0, le=1)  # paused mid-life
+    max_events: int | None = Field(default=None, ge=1)  # None: no end
+
+    @field_validator("series_ticker")
+    @classmethod
+    def _not_multivariate(cls, value: str) -> str:
+        if value.startswith(MVE_PREFIX):
+            fix = "multivariate markets have their own lifecycle channel (§7.5): e.g. KXQUICKSETTLE"
+            raise rule(f"must not start with {MVE_PREFIX}", fix=fix)
+        return value
+
+    def spec(self, seed: int) -> ChurnSpec:
+        return ChurnSpec(seed=seed, **self.model_dump())
 
 
 class SimulatorSettings(Section):
@@ -46,6 +79,27 @@ class SimulatorSettings(Section):
     fault_kinds: FaultKinds = ALL_KINDS  # what `faults` draws from
     faults: FaultSpec = None  # None: a well-behaved exchange
     backpressure: BackpressurePolicy = BackpressurePolicy.BLOCK  # OVERFLOW: error 25 (§3)
+    catalog_markets: int = Field(default=0, ge=0)  # generated markets listed besides `markets`
+    churn: ChurnSettings | None = None  # None: no market comes or goes
+    rest_tokens_per_s: float | None = Field(default=None, gt=0)  # §9.6 bucket; None: no limit
+    max_markets_per_subscription: int | None = Field(default=None, ge=1)  # error 26 past it
+
+    def catalog_spec(self) -> CatalogSpec | None:
+        """ExchangeSimulator(catalog=...)."""
+        return (
+            CatalogSpec(markets=self.catalog_markets, seed=self.seed)
+            if self.catalog_markets
+            else None
+        )
+
+    def churn_spec(self) -> ChurnSpec | None:
+        """ExchangeSimulator(churn=...)."""
+        return self.churn.spec(self.seed) if self.churn is not None else None
+
+    def rest_rate(self) -> tuple[float, float] | None:
+        """ExchangeSimulator(rest_rate=...): (tokens_per_s, capacity), 2 s of budget (§9.6)."""
+        rate = self.rest_tokens_per_s
+        return (rate, rate * BASIC_READ_BURST_S) if rate is not None else None
 
 
 class ReconnectSettings(Section):
@@ -75,11 +129,12 @@ class ExchangeSettings(Section):
     repair_timeout_s: float = Field(default=10.0, gt=0)  # each book-repair step (§4.3)
     reconnect: ReconnectSettings = ReconnectSettings()
     client: ClientKind = ClientKind.WEBSOCKETS  # picows: the optional extra ssmd[fast]
+    rest_rate: RestRateSettings = RestRateSettings()  # §9.6 token bucket for discovery
 
     @model_validator(mode="before")
     @classmethod
     def _empty_sections_take_defaults(cls, data: object) -> object:
-        return drop_null_sections(data, ("reconnect",))  # a null simulator means "none"
+        return drop_null_sections(data, ("reconnect", "rest_rate"))  # a null simulator means "none"
 
     @field_validator("ws_url")
     @classmethod
@@ -208,6 +263,13 @@ class SubscriptionSettings(Section):
     channels: tuple[Channel, ...] = Field(default=tuple(Channel), min_length=1)
     markets: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     use_yes_price: bool = True  # sent explicitly on every orderbook subscribe (§7.1.4)
+    # §6.6 error 26: Kalshi caps the markets of one subscription; beyond this many, markets go
+    # to another connection (ssmd.placement).
+    markets_per_connection: int = Field(default=200, ge=1)
+    max_connections: int = Field(default=64, ge=1)
+    # Discovery over REST (issue 5): markets chosen by series, event, category, status ...
+    select: SelectionSettings | None = None
+    shard: ShardSettings | None = None  # this process's part of the selection
 
     @field_validator("channels", "markets")
     @classmethod
@@ -273,6 +335,8 @@ class Settings(Section):
     runtime: RuntimeSettings = RuntimeSettings()
     log: LogSettings = LogSettings()
     ops: OpsSettings = OpsSettings()
+    top: TopSettings = TopSettings()
+    recording: RecordingSettings | None = None  # None: raw frames are not recorded
 
     _source: str = PrivateAttr(default="<in-memory settings>")
 
@@ -284,7 +348,9 @@ class Settings(Section):
     @classmethod
     def _empty_sections_take_defaults(cls, data: object) -> object:
         # `runtime:` with every child commented out (YAML null) means the defaults.
-        return drop_null_sections(data, ("subscription", "transport", "runtime", "log", "ops"))
+        return drop_null_sections(
+            data, ("subscription", "transport", "runtime", "log", "ops", "top")
+        )
 
     @field_validator("transport")
     @classmethod
@@ -302,9 +368,13 @@ class Settings(Section):
         if self.credentials is None:  # the handshake is always signed (PROTOCOL.md §2.5)
             fix = "add credentials: key_id_env + private_key_file or private_key_env"
             raise rule("a real exchange needs credentials", field="credentials", fix=fix)
-        if not self.subscription.markets:  # "all markets" exists only with the simulator
-            fix = "list exchange tickers, e.g. markets: [KXBTCD-26AUG2017-T73749.99]"
-            message = "a real exchange needs at least one market (empty = all, simulator only)"
+        if not self.subscription.markets and self.subscription.select is None:
+            # Every market of a real exchange is tens of thousands: say which, or select.
+            fix = (
+                "list exchange tickers, e.g. markets: [KXBTCD-26AUG2017-T73749.99], or choose"
+                " them with subscription.select (series, events, categories, status ...)"
+            )
+            message = "a real exchange needs markets or a selection (empty = all, simulator only)"
             raise rule(message, field="subscription.markets", fix=fix)
         return self
 

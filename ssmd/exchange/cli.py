@@ -2,7 +2,9 @@
 
 Registers RSA public keys (`--public-key KEY_ID=PEM_PATH`) or writes a fresh demo key pair
 (`--generate-key DIR`), then serves PROTOCOL.md §10 on ws://HOST:PORT/trade-api/ws/v2, with
-optional seeded random faults (`--faults random:rate=0.5,seed=7`, `--fault-kinds`).
+optional seeded random faults (`--faults random:rate=0.5,seed=7`, `--fault-kinds`), a larger
+market catalog and market churn (`--catalog-markets`, `--churn`), a REST rate limit
+(`--rest-rate`) and a per-subscription market cap (`--max-markets-per-subscription`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from ssmd.auth import generate_private_key, load_public_key_pem
 from ssmd.errors import ConfigError, SsmdError
+from ssmd.exchange.catalog_spec import CatalogSpec
+from ssmd.exchange.churn import CHURN_SYNTAX, parse_churn_spec
 from ssmd.exchange.outbound import BackpressurePolicy
+from ssmd.exchange.replay_server import add_replay_arguments, replay_exchange_main
 from ssmd.exchange.schedule import (
     ALL_KINDS,
     FaultKind,
@@ -30,6 +35,7 @@ from ssmd.exchange.schedule import (
     parse_fault_spec,
 )
 from ssmd.exchange.server import ExchangeSimulator
+from ssmd.ratelimit import BASIC_READ_BURST_S
 
 log = structlog.get_logger("ssmd.exchange")
 
@@ -106,7 +112,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --backpressure overflow: how long an outbox may stay full (default 1)",
     )
+    discovery = parser.add_argument_group("market discovery (PROTOCOL.md §9, §7.5, §6.6)")
+    discovery.add_argument(
+        "--catalog-markets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list N generated markets (sports, economics, crypto, politics, a few KXMVE"
+        " combos; mostly active, and those stream) on GET /markets, /events, /series",
+    )
+    discovery.add_argument(
+        "--churn", default="none", metavar="SPEC", help=f"market churn: {CHURN_SYNTAX}"
+    )
+    discovery.add_argument(
+        "--rest-rate",
+        type=float,
+        metavar="TOKENS_PER_S",
+        help="REST token bucket refilling TOKENS_PER_S and holding"
+        f" {BASIC_READ_BURST_S:g} s of them; 10 tokens a request, HTTP 429 when short"
+        " (§9.6; Kalshi's Basic tier is 200). Default: no limit",
+    )
+    discovery.add_argument(
+        "--max-markets-per-subscription",
+        type=int,
+        metavar="N",
+        help="error 26 for a subscribe or add_markets putting more than N markets in one"
+        " subscription (Kalshi's cap is unpublished). Default: no cap",
+    )
+    add_replay_arguments(parser)
     return parser
+
+
+def parse_rest_rate(tokens_per_s: float | None) -> tuple[float, float] | None:
+    """`--rest-rate` to the simulator's (tokens_per_s, capacity): 2 s of budget (§9.6)."""
+    if tokens_per_s is None:
+        return None
+    if tokens_per_s <= 0:
+        raise ConfigError(
+            f"must be > 0, got {tokens_per_s:g}", source="command line", field="--rest-rate"
+        )
+    return tokens_per_s, tokens_per_s * BASIC_READ_BURST_S
 
 
 def parse_random_faults(spec: str, kinds: str | None) -> RandomFaults | None:
@@ -176,6 +221,8 @@ def exchange_main(argv: list[str] | None = None) -> int:
                 field="--public-key",
                 fix="pass --public-key KEY_ID=PEM_PATH or --generate-key DIR",
             )
+        if args.replay:  # serve a recording instead of simulated markets
+            return replay_exchange_main(args, public_keys)
         simulator = ExchangeSimulator(
             public_keys=public_keys,
             market_count=args.markets,
@@ -190,6 +237,16 @@ def exchange_main(argv: list[str] | None = None) -> int:
             backpressure=BackpressurePolicy(args.backpressure),
             overflow_after_s=args.overflow_after,
             random_faults=parse_random_faults(args.faults, args.fault_kinds),
+            catalog=(
+                CatalogSpec(markets=args.catalog_markets, seed=args.seed)
+                if args.catalog_markets
+                else None
+            ),
+            churn=parse_churn_spec(args.churn, seed=args.seed),
+            rest_rate=parse_rest_rate(args.rest_rate),
+            max_markets_per_subscription=_positive(
+                args.max_markets_per_subscription, "--max-markets-per-subscription"
+            ),
         )
         asyncio.run(_serve(simulator, demo))
     except SsmdError as exc:
@@ -199,6 +256,12 @@ def exchange_main(argv: list[str] | None = None) -> int:
         print(f"ssmd exchange: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _positive(value: int | None, flag: str) -> int | None:
+    if value is not None and value < 1:
+        raise ConfigError(f"must be >= 1, got {value}", source="command line", field=flag)
+    return value
 
 
 async def _serve(simulator: ExchangeSimulator, demo: tuple[str, Path] | None) -> None:

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ssmd.errors import ConfigError
+from ssmd.exchange.catalog import EventLifecycle as EventLifecycle  # re-exported: events
+from ssmd.exchange.catalog import Lifecycle as Lifecycle
+from ssmd.exchange.catalog import LifecycleType as LifecycleType
 from ssmd.fixedpoint import ONE_DOLLAR_E4
 
 CENT_TICK_E4 = 100  # `linear_cent` markets (PROTOCOL.md §7.1.5)
@@ -39,13 +42,6 @@ class TakerBookSide(enum.Enum):
 
     BID = "bid"
     ASK = "ask"
-
-
-class LifecycleType(enum.Enum):
-    """The `market_lifecycle_v2` event types the simulator emits (§7.5)."""
-
-    METADATA_UPDATED = "metadata_updated"
-    CLOSE_DATE_UPDATED = "close_date_updated"
 
 
 class EventKind(enum.Enum):
@@ -130,26 +126,6 @@ class TickerChange:
 
     market: str
     stats: TickerStats
-
-
-@dataclass(frozen=True)
-class Lifecycle:
-    """A `market_lifecycle_v2` message (§7.5); only the fields of its `event_type` are set."""
-
-    market: str
-    event_type: LifecycleType
-    close_ts_s: int | None = None
-    yes_sub_title: str | None = None
-
-
-@dataclass(frozen=True)
-class EventLifecycle:
-    """An `event_lifecycle` announcement of a new event (§7.5)."""
-
-    event_ticker: str
-    series_ticker: str
-    title: str
-    subtitle: str
 
 
 MarketEvent = BookChange | Trade | TickerChange | Lifecycle | EventLifecycle
@@ -263,6 +239,7 @@ class MarketGenerator:
                 source="exchange",
                 field="mix",
             )
+        self._seed = seed
         self._rng = random.Random(seed)
         self._trade_id_salt = trade_id_salt
         self._prefix = ticker_prefix
@@ -276,6 +253,8 @@ class MarketGenerator:
             market = self._create_market(index)
             self._markets[market.ticker] = market
         self._tickers = list(self._markets)
+        self._streaming = set(self._tickers)
+        self._opening_rngs: dict[str, random.Random] = {}  # added, never opened
 
     @property
     def markets(self) -> Mapping[str, SimMarket]:
@@ -283,7 +262,71 @@ class MarketGenerator:
 
     @property
     def tickers(self) -> list[str]:
+        """The markets events are drawn for (all but halted ones), in the order added."""
         return list(self._tickers)
+
+    def is_streaming(self, ticker: str) -> bool:
+        return ticker in self._streaming
+
+    # -- markets added later (the catalog, churn) ----------------------------------------------
+
+    def add_market(
+        self,
+        ticker: str,
+        *,
+        event_ticker: str,
+        yes_sub_title: str,
+        close_ts_s: int,
+        tick_e4: int = CENT_TICK_E4,
+    ) -> SimMarket:
+        """A new market with an empty book that no event is drawn for until `open_market`.
+        Its market id and opening book come from an RNG seeded with (seed, ticker), so they do
+        not depend on when it is added, and the main stream's draws are left alone."""
+        if ticker in self._markets:
+            raise ConfigError(f"market {ticker} exists already", source="exchange", field="ticker")
+        rng = random.Random(f"{self._seed}:{ticker}")
+        market = SimMarket(
+            ticker=ticker,
+            market_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            event_ticker=event_ticker,
+            tick_e4=tick_e4,
+            yes_sub_title=yes_sub_title,
+            close_ts_s=close_ts_s,
+        )
+        self._markets[ticker] = market
+        self._opening_rngs[ticker] = rng
+        return market
+
+    def open_market(self, ticker: str) -> list[BookChange]:
+        """Draw events for `ticker` (again). The first time, seed its book and return the
+        seeding as book changes (already applied): subscribers see the opening orders arrive."""
+        market = self._markets[ticker]
+        changes: list[BookChange] = []
+        rng = self._opening_rngs.pop(ticker, None)
+        if rng is not None and not market.yes_bids and not market.no_bids:
+            self._seed_book(market, rng)
+            changes = [
+                BookChange(ticker, side, price_e4, size_e2)
+                for side in (Side.YES, Side.NO)
+                for price_e4, size_e2 in market.levels(side)
+            ]
+        if ticker not in self._streaming:
+            self._streaming.add(ticker)
+            self._tickers.append(ticker)
+        return changes
+
+    def halt_market(self, ticker: str) -> None:
+        """Stop drawing events for `ticker` (paused, closed or settled); its book stays."""
+        if ticker not in self._streaming:
+            return
+        if len(self._tickers) == 1:
+            raise ConfigError(
+                f"cannot halt {ticker}: at least one market must stream",
+                source="exchange",
+                field="ticker",
+            )
+        self._streaming.discard(ticker)
+        self._tickers.remove(ticker)
 
     def next_event(self, now_ns: int) -> MarketEvent:
         """Draw one event from the mix and apply it to the market state."""
@@ -321,13 +364,12 @@ class MarketGenerator:
             event_ticker=f"{series}-{_EXPIRY_DATE}",
             tick_e4=tick_e4,
             yes_sub_title=sub_title,
-            close_ts_s=1_795_305_600,  # 2026-11-21T00:00:00Z
+            close_ts_s=1_795_305_600,  # 2026-11-22T00:00:00Z
         )
-        self._seed_book(market)
+        self._seed_book(market, rng)
         return market
 
-    def _seed_book(self, market: SimMarket) -> None:
-        rng = self._rng
+    def _seed_book(self, market: SimMarket, rng: random.Random) -> None:
         tick = market.tick_e4
         mid_e4 = (
             rng.randint(15, 85) * CENT_TICK_E4 + rng.randint(0, CENT_TICK_E4 // tick - 1) * tick
@@ -343,12 +385,12 @@ class MarketGenerator:
             for _ in range(rng.randint(3, 8)):
                 if price_e4 < _MIN_LEVEL_PRICE_E4:
                     break
-                bids[price_e4] = self._draw_size_e2()
+                bids[price_e4] = self._draw_size_e2(rng)
                 price_e4 -= rng.randint(1, 3) * tick
 
-    def _draw_size_e2(self) -> int:
+    def _draw_size_e2(self, rng: random.Random | None = None) -> int:
         """Mostly whole contracts, about a third with a fractional part (§7.1.1 observed)."""
-        rng = self._rng
+        rng = rng or self._rng
         size_e2 = rng.choice((1, 2, 5, 10, 25, 100, 250, 500)) * rng.randint(1, 20) * 100
         if rng.random() < 0.35:
             size_e2 += rng.randint(1, 99)

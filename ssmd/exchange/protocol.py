@@ -9,16 +9,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from ssmd.exchange.catalog import EventLifecycle, Lifecycle, format_rfc3339_us, lifecycle_msg
 from ssmd.exchange.market import (
     BookChange,
-    EventLifecycle,
-    Lifecycle,
-    LifecycleType,
     MarketEvent,
     Side,
     SimMarket,
@@ -58,6 +55,7 @@ class ErrorCode(enum.Enum):
     MARKET_TICKER_REQUIRED = (14, "Market Ticker required")
     ACTION_REQUIRED = (15, "Action required")
     BUFFER_OVERFLOW = (25, "Subscription buffer overflow")
+    MARKET_LIMIT_EXCEEDED = (26, "Subscription market limit exceeded")
 
     @property
     def msg(self) -> dict[str, int | str]:
@@ -92,23 +90,24 @@ class Subscription:
         return added
 
 
-def format_rfc3339_us(ts_ns: int) -> str:
-    """RFC3339 UTC with 6 fractional digits, like live deltas (`…T08:53:39.843496Z`, §7.1.2)."""
-    seconds, rest_ns = divmod(ts_ns, 1_000_000_000)
-    whole = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{whole}.{rest_ns // 1_000:06d}Z"
-
-
 class ExchangeConnection:
     """Kalshi's view of one client connection: sids from 1, per-sid seqs from 1 (§3, §4).
 
     `markets` is the live market state (read for snapshots and initial tickers); `clock_ns`
-    stamps tickers sent in reply to a command (`send_initial_snapshot`).
+    stamps tickers sent in reply to a command (`send_initial_snapshot`). Subscribing or adding
+    past `max_markets_per_subscription` in one sid: error 26, no change (§6.6, §12 #11).
     """
 
-    def __init__(self, markets: Mapping[str, SimMarket], *, clock_ns: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        markets: Mapping[str, SimMarket],
+        *,
+        clock_ns: Callable[[], int],
+        max_markets_per_subscription: int | None = None,
+    ) -> None:
         self._markets = markets
         self._clock_ns = clock_ns
+        self._max_markets = max_markets_per_subscription
         self._next_sid = 1
         self._by_sid: dict[int, Subscription] = {}
         self._by_channel: dict[ExchangeChannel, Subscription] = {}
@@ -174,6 +173,9 @@ class ExchangeConnection:
         use_yes_price, skip_ticker_ack, send_initial_snapshot = flags
         if ExchangeChannel.ORDERBOOK_DELTA in channels and markets is None:
             return [self._error(cmd_id, ErrorCode.MARKET_TICKER_REQUIRED)]
+        capped = (c for c in channels if c is not ExchangeChannel.MARKET_LIFECYCLE_V2)
+        if any(self._over_cap(self._by_channel.get(c), markets) for c in capped):
+            return [self._error(cmd_id, ErrorCode.MARKET_LIMIT_EXCEEDED)]
         acks: list[bytes] = []
         data: list[bytes] = []
         for channel in channels:
@@ -258,6 +260,8 @@ class ExchangeConnection:
                 remaining.pop(market, None)
             sub.markets = remaining
             return [self._ok(cmd_id, sub)]
+        if self._over_cap(sub, markets):
+            return [self._error(cmd_id, ErrorCode.MARKET_LIMIT_EXCEEDED)]
         # §4.2.7: add_markets keeps the sid and its seq running, then snapshots the new ones.
         added = sub.add_markets(markets)
         return [self._ok(cmd_id, sub), *self._initial_frames(sub, added, send_initial_snapshot)]
@@ -415,23 +419,8 @@ class ExchangeConnection:
         return self._frame("trade", None, sub, msg)
 
     def _lifecycle(self, sub: Subscription, event: Lifecycle | EventLifecycle) -> bytes:
-        if isinstance(event, EventLifecycle):
-            msg: dict[str, Any] = {
-                "event_ticker": event.event_ticker,
-                "exchange_index": 0,
-                "title": event.title,
-                "subtitle": event.subtitle,
-                "collateral_return_type": "MECNET",
-                "series_ticker": event.series_ticker,
-            }
-            return self._frame("event_lifecycle", None, sub, msg)
-        kind = event.event_type.value  # key order as in the §7.5 examples
-        if event.event_type is LifecycleType.CLOSE_DATE_UPDATED:
-            msg = {"market_ticker": event.market, "close_ts": event.close_ts_s, "event_type": kind}
-        else:
-            title = event.yes_sub_title
-            msg = {"event_type": kind, "market_ticker": event.market, "yes_sub_title": title}
-        return self._frame("market_lifecycle_v2", None, sub, msg)
+        type_name, msg = lifecycle_msg(event)
+        return self._frame(type_name, None, sub, msg)
 
     def _ok(self, cmd_id: int | None, sub: Subscription) -> bytes:
         """§6.3: `msg.market_tickers` = the full list after the change (none if skip_ticker_ack)."""
@@ -463,6 +452,13 @@ class ExchangeConnection:
         return _encode(frame)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _over_cap(self, sub: Subscription | None, markets: list[str] | None) -> bool:
+        """Would `markets` (None: every market, uncapped) push `sub` past the market cap?"""
+        if self._max_markets is None or markets is None or (sub and sub.markets is None):
+            return False
+        listed = set(markets) | (sub.markets.keys() if sub and sub.markets else set())
+        return len(listed) > self._max_markets
 
     def _covered(self, sub: Subscription) -> Iterable[str]:
         return list(self._markets) if sub.markets is None else list(sub.markets)

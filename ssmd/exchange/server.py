@@ -1,8 +1,9 @@
 """Thin asyncio driver of the local Kalshi exchange (PROTOCOL.md §10) on `websockets`.
 
-It authenticates the upgrade (§2), serves the REST trade history (§9.5) from the same port, runs
-one market generator task fanning frames out to every connection (outbound.ClientLink), and
-injects faults (faults.py) on demand or from a seeded random schedule (schedule.py).
+It authenticates the upgrade (§2), serves REST (§9: catalog, trades; rest_catalog.py) from the
+same port with an optional §9.6 rate limit, runs one market generator task fanning frames out to
+every connection (outbound.ClientLink), optionally a market churn task (churn.py), and injects
+faults (faults.py) on demand or from a seeded random schedule (schedule.py).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ssmd.auth import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, WS_PATH, verify
+from ssmd.auth import HEADER_KEY, WS_PATH
 from ssmd.errors import ConfigError
+from ssmd.exchange.catalog import Catalog
+from ssmd.exchange.catalog_spec import CatalogSpec, build_catalog
+from ssmd.exchange.churn import Churn, ChurnSpec, apply_to_generator, register_catalog
 from ssmd.exchange.faults import (
     AbortConnection,
     Burst,
@@ -50,7 +53,15 @@ from ssmd.exchange.outbound import (
     SkippedFrame,
 )
 from ssmd.exchange.protocol import ExchangeConnection
-from ssmd.exchange.rest import TRADES_PATH, BadQuery, TradeLog, parse_trade_query
+from ssmd.exchange.rest import TradeLog
+from ssmd.exchange.rest_catalog import (
+    REST_ROOT,
+    CatalogRest,
+    RequestAuth,
+    RestFront,
+    json_error,
+    single_header,
+)
 from ssmd.exchange.schedule import FaultSchedule, RandomFaults
 
 __all__ = ["BackpressurePolicy", "ExchangeSimulator", "SentFrame", "SkipReason", "SkippedFrame"]
@@ -60,6 +71,7 @@ log = structlog.get_logger("ssmd.exchange")
 _MAX_BATCH = 1_000  # events per pacing step when behind (then yield to the senders)
 _UNPACED_BATCH = 100  # events between yields when rate_hz is 0/None or in a burst
 _CLOSE_TIMEOUT_S = 2.0
+_CHURN_POLL_S = 0.25  # the churn task's longest sleep (the injected clock may jump)
 
 
 class ExchangeSimulator:
@@ -67,7 +79,9 @@ class ExchangeSimulator:
 
     Accounting (kept unless `keep_sent=False`): `sent` holds every frame a connection was sent,
     `skipped` every frame built for it that it never got (a SkipSeq fault, an overflow, a close),
-    `faults` every fault injected. `generator` is the exchange's own books; `trades` every trade.
+    `faults` every fault injected. `generator` is the exchange's own books; `trades` every trade;
+    `catalog` every listed series, event and market; `rest_requests`/`rest_throttled` count
+    REST requests and the 429s among them.
     """
 
     def __init__(
@@ -90,37 +104,53 @@ class ExchangeSimulator:
         overflow_after_s: float = 1.0,
         random_faults: RandomFaults | None = None,
         max_rest_trades: int | None = 250_000,
+        catalog: CatalogSpec | None = None,
+        churn: ChurnSpec | None = None,
+        rest_rate: tuple[float, float] | None = None,
+        max_markets_per_subscription: int | None = None,
     ) -> None:
         """`keep_sent=False` keeps no `sent`/`skipped`/`faults`: long runs must not grow them.
         With OVERFLOW, an outbox over `outbox_frames` for `overflow_after_s` gets error 25.
         `random_faults` injects a seeded random schedule of faults on every connection.
-        `trade_id_salt` None draws a fresh salt: trade ids never repeat from run to run."""
+        `trade_id_salt` None draws a fresh salt: trade ids never repeat from run to run.
+        `catalog` lists (and streams the active) generated markets besides the simulated ones;
+        `churn` creates and retires markets on the clock; `rest_rate` is (tokens_per_s,
+        capacity) of one REST bucket, 10 tokens a request (§9.6); past
+        `max_markets_per_subscription` a subscribe or add_markets gets error 26 (§6.6)."""
         if rate_hz is not None and rate_hz < 0:
             raise ConfigError(f"must be >= 0, got {rate_hz}", source="exchange", field="rate_hz")
         if outbox_frames < 1:
             raise ConfigError(
                 f"must be >= 1, got {outbox_frames}", source="exchange", field="outbox_frames"
             )
-        self._public_keys = dict(public_keys)
+        self._auth = RequestAuth(public_keys, clock_ns, max_clock_skew_s=max_clock_skew_s)
         salt = secrets.randbits(128) if trade_id_salt is None else trade_id_salt
         self._generator = MarketGenerator(market_count, seed, trade_id_salt=salt)
         self._rate_hz = rate_hz or None
         self._host = host
         self._requested_port = port
         self._ping_interval_s = ping_interval_s or None
-        self._max_clock_skew_ns = int(max_clock_skew_s * 1_000_000_000)
         self._clock_ns = clock_ns
         self._log_path = log_path
         self._outbox_frames = outbox_frames
         self._backpressure = backpressure
         self._overflow_after_s = overflow_after_s
+        self._catalog = build_catalog(catalog, self._generator.markets.values(), now_ns=clock_ns())
+        register_catalog(self._catalog, self._generator)
+        self._churn = Churn(churn, self._catalog, start_ns=clock_ns()) if churn else None
+        self._max_markets_per_subscription = max_markets_per_subscription
         self._schedule = (
             FaultSchedule(random_faults, self._generator.tickers) if random_faults else None
         )
         self._ledger = Ledger(keep=keep_sent)
         self._trades = TradeLog(max_trades=max_rest_trades)
+        self._rest_front = RestFront(
+            CatalogRest(self._catalog, self._generator.markets, self._trades),
+            rest_rate=rest_rate,
+            clock_ns=clock_ns,
+        )
         self._server: Server | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # generator, fault schedule
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # generator, churn, fault schedule
         self._port = 0
         self._next_connection_id = 1
         self._clients: dict[int, ClientLink] = {}
@@ -173,10 +203,10 @@ class ExchangeSimulator:
         await self.stop()
 
     async def pause(self) -> None:
-        """Stop producing market events (and the fault schedule) and wait until every frame
-        already produced has left (sent, or dropped by a fault): the exchange's books then
+        """Stop producing market events (and churn and the fault schedule) and wait until every
+        frame already produced has left (sent, or dropped by a fault): the exchange's books then
         match what the clients got. A stalled connection holds this until its stall ends."""
-        await self._cancel_tasks(["generator", "schedule"])
+        await self._cancel_tasks(["generator", "churn", "schedule"])
         async with self._fanout_lock:  # no burst or fault is queueing frames
             for client in list(self._clients.values()):
                 await client.outbox.wait_until_empty()
@@ -187,6 +217,8 @@ class ExchangeSimulator:
             return
         if "generator" not in self._tasks:
             self._tasks["generator"] = asyncio.create_task(self._run_generator())
+        if self._churn is not None and "churn" not in self._tasks:
+            self._tasks["churn"] = asyncio.create_task(self._run_churn(self._churn))
         if self._schedule is not None and "schedule" not in self._tasks:
             self._tasks["schedule"] = asyncio.create_task(self._run_schedule(self._schedule))
 
@@ -231,6 +263,20 @@ class ExchangeSimulator:
     def generator(self) -> MarketGenerator:
         """The live market state (read-only use: tests compare books and tickers with it)."""
         return self._generator
+
+    @property
+    def rest_requests(self) -> int:
+        return self._rest_front.requests
+
+    @property
+    def rest_throttled(self) -> int:
+        """REST requests answered 429 (§9.6)."""
+        return self._rest_front.throttled
+
+    @property
+    def catalog(self) -> Catalog:
+        """Every listed series, event and market (what GET /markets, /events, /series serve)."""
+        return self._catalog
 
     @property
     def trades(self) -> TradeLog:
@@ -311,61 +357,23 @@ class ExchangeSimulator:
             await asyncio.sleep(scheduled.delay_s)
             await self.inject_fault(scheduled.fault)
 
-    # -- HTTP: authentication (§2) and REST (§9.5) --------------------------------------------
+    # -- HTTP: authentication (§2) and REST (§9) ----------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
-        if path == TRADES_PATH:
-            return self._serve_trades(connection, request, query)
+        if path.startswith(REST_ROOT + "/"):  # public GETs (§9): signed ones must verify
+            reason = self._auth.failure(request, path, required=False)
+            return self._rest_front.respond(connection, path, query, auth_failure=reason)
         if path != WS_PATH:
-            return _json_response(connection, http.HTTPStatus.NOT_FOUND, "not_found", "no route")
-        reason = self._auth_failure(request, WS_PATH, required=True)
+            return json_error(connection, http.HTTPStatus.NOT_FOUND, "not_found", "no route")
+        reason = self._auth.failure(request, WS_PATH, required=True)
         if reason is None and self._handshakes_to_reject > 0:
             self._handshakes_to_reject -= 1
             reason = "injected fault: handshake rejected"
         if reason is None:
             return None
-        log.info(
-            "exchange.auth.rejected", reason=reason, key_id=_single_header(request, HEADER_KEY)
-        )
-        return _json_response(
-            connection, http.HTTPStatus.UNAUTHORIZED, "authentication_error", reason
-        )
-
-    def _serve_trades(self, connection: ServerConnection, request: Request, query: str) -> Response:
-        """Public GET (§9): unsigned requests are served; signed ones must verify (§2.2)."""
-        reason = self._auth_failure(request, TRADES_PATH, required=False)
-        if reason is not None:
-            status, code = http.HTTPStatus.UNAUTHORIZED, "authentication_error"
-            return _json_response(connection, status, code, reason)
-        parsed = parse_trade_query(query)
-        if isinstance(parsed, BadQuery):
-            status, code = http.HTTPStatus.BAD_REQUEST, "bad_request"
-            return _json_response(connection, status, code, parsed.message)
-        return _with_json_body(connection, http.HTTPStatus.OK, self._trades.page(parsed).to_json())
-
-    def _auth_failure(self, request: Request, path: str, *, required: bool) -> str | None:
-        """Why the KALSHI-ACCESS-* headers do not authenticate GET `path`, or None if they do
-        (or, when not `required`, if none is sent at all)."""
-        key_id, timestamp, signature = (
-            _single_header(request, name)
-            for name in (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)
-        )
-        if not required and not any(request.headers.get_all(name) for name in _AUTH_HEADERS):
-            return None
-        if not key_id or not timestamp or not signature:
-            return f"missing {HEADER_KEY}, {HEADER_TIMESTAMP} or {HEADER_SIGNATURE} header"
-        if not (timestamp.isascii() and timestamp.isdigit()):
-            return f"{HEADER_TIMESTAMP} must be integer milliseconds"
-        timestamp_ms = int(timestamp)
-        if abs(timestamp_ms * 1_000_000 - self._clock_ns()) > self._max_clock_skew_ns:
-            return f"{HEADER_TIMESTAMP} is outside the allowed clock skew (milliseconds?)"
-        public_key = self._public_keys.get(key_id)
-        if public_key is None:
-            return "unknown API key id"
-        if not verify(public_key, signature, timestamp_ms, "GET", path):
-            return "invalid signature"
-        return None
+        log.info("exchange.auth.rejected", reason=reason, key_id=single_header(request, HEADER_KEY))
+        return json_error(connection, http.HTTPStatus.UNAUTHORIZED, "authentication_error", reason)
 
     # -- connections --------------------------------------------------------------------------
 
@@ -373,7 +381,11 @@ class ExchangeSimulator:
         client = ClientLink(
             connection_id=self._next_connection_id,
             ws=ws,
-            protocol=ExchangeConnection(self._generator.markets, clock_ns=self._clock_ns),
+            protocol=ExchangeConnection(
+                self._generator.markets,
+                clock_ns=self._clock_ns,
+                max_markets_per_subscription=self._max_markets_per_subscription,
+            ),
             ledger=self._ledger,
             outbox_frames=self._outbox_frames,
             policy=self._backpressure,
@@ -441,43 +453,37 @@ class ExchangeSimulator:
             event: MarketEvent = self._generator.next_event(now_ns)
             if isinstance(event, Trade):
                 self._trades.record(event, now_ns)
-            for client in list(self._clients.values()):
-                frames = client.protocol.frames_for_event(event, now_ns)
-                if frames:
-                    faulted = client.frame_faults.apply_to(frames)
-                    if faulted.dropped:
-                        self._ledger.record_skipped(
-                            client.connection_id, faulted.dropped, SkipReason.SKIP_SEQ
-                        )
-                    await client.deliver(faulted.to_send)
+            await self._fan_out(event, now_ns)
+
+    async def _fan_out(self, event: MarketEvent, now_ns: int) -> None:
+        """Queue `event`'s frames on every connection (the fan-out lock is held)."""
+        for client in list(self._clients.values()):
+            frames = client.protocol.frames_for_event(event, now_ns)
+            if frames:
+                faulted = client.frame_faults.apply_to(frames)
+                if faulted.dropped:
+                    self._ledger.record_skipped(
+                        client.connection_id, faulted.dropped, SkipReason.SKIP_SEQ
+                    )
+                await client.deliver(faulted.to_send)
+
+    # -- market churn -------------------------------------------------------------------------
+
+    async def _run_churn(self, churn: Churn) -> None:
+        """Apply churn as the injected clock reaches each change (§7.5 frames to lifecycle
+        subscribers; markets that open start streaming, closed ones stop)."""
+        while True:
+            async with self._fanout_lock:
+                now_ns = self._clock_ns()
+                for change in churn.advance(now_ns):
+                    for event in apply_to_generator(change, self._catalog, self._generator):
+                        await self._fan_out(event, now_ns)
+            due_ns = churn.next_due_ns()
+            if due_ns is None:
+                return
+            await asyncio.sleep(min(_CHURN_POLL_S, max(0.0, (due_ns - self._clock_ns()) / 1e9)))
 
     @staticmethod
     def _open_log(path: Path) -> IO[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.open("ab")
-
-
-_AUTH_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGNATURE)
-
-
-def _single_header(request: Request, name: str) -> str | None:
-    values = request.headers.get_all(name)
-    return values[0] if len(values) == 1 else None
-
-
-def _json_response(
-    connection: ServerConnection, status: http.HTTPStatus, code: str, message: str
-) -> Response:
-    """A §9-style error body {"code", "message", "details"} instead of websockets' text/plain."""
-    body = msgspec.json.encode({"code": code, "message": message, "details": ""})
-    return _with_json_body(connection, status, body)
-
-
-def _with_json_body(connection: ServerConnection, status: http.HTTPStatus, body: bytes) -> Response:
-    response = connection.respond(status, "")
-    del response.headers["Content-Length"]
-    del response.headers["Content-Type"]
-    response.headers["Content-Length"] = str(len(body))
-    response.headers["Content-Type"] = "application/json"
-    response.body = body
-    return response

@@ -24,6 +24,7 @@ from ssmd.transport.base import TransportStats
 from ssmd.transport.nats_client import NATS_ERRORS, AckClient, connect_nats, ensure_stream
 from ssmd.transport.nats_core import (
     CONTENT_TYPES,
+    AckLatency,
     AckWatch,
     AckWindow,
     Entry,
@@ -57,6 +58,7 @@ class NatsTransport:
     (capped exponential backoff, full jitter) and re-sends every unacked record from the
     oldest with its Msg-Id, so the stream holds each record once and in publish order.
     nats-py's own reconnect is off: it would replay its buffer ahead of lost in-flight records.
+    `clock_ns` (the clock of record.receive_ts_ns) times each ack for latency().
     """
 
     def __init__(
@@ -129,6 +131,10 @@ class NatsTransport:
 
     async def publish(self, record: Record) -> None:
         self._check_accepting()
+        await self._publish_one(record, self._clock_ns())
+
+    async def _publish_one(self, record: Record, published_ns: int) -> None:
+        """publish() for a record handed over at `published_ns` (its ack-latency start)."""
         window = self._window
         if len(window.pending) >= window.capacity:
             if self._drop:
@@ -138,12 +144,13 @@ class NatsTransport:
             await self._wait_for_room()
         elif window.unreported_drops and self._state is LinkState.UP:
             await self._publish_drop_status()
-        await self._enqueue(record)
+        await self._enqueue(record, published_ns)
 
     async def publish_many(self, records: Sequence[Record]) -> None:
         """publish() each record, in order, with one write (and one flusher wake-up) for the
         records that fit in the window; a full window or drops to report take publish()."""
         self._check_accepting()
+        published_ns = self._clock_ns()  # one clock read per batch: the start of its latency
         window = self._window
         pending, capacity = window.pending, window.capacity
         commands: list[bytes] = []
@@ -153,11 +160,11 @@ class NatsTransport:
                     if commands:
                         await self._send_commands(commands, window.next_n - 1)
                         commands = []
-                    await self.publish(record)
+                    await self._publish_one(record, published_ns)
                     continue
                 if not pending:
                     self._idle.clear()
-                entry = self._entry(record, window.next_n)
+                entry = self._entry(record, window.next_n, published_ns)
                 window.add(entry)
                 commands.append(entry[2])
         finally:  # also when a record is refused: the ones before it are in the window
@@ -201,11 +208,16 @@ class NatsTransport:
     def stats(self) -> TransportStats:
         return self._window.stats(reconnects=self._reconnects)
 
+    def latency(self) -> AckLatency:
+        """Ack-latency histograms (frame received -> ack, publish call -> ack), for /metrics."""
+        return self._window.latency()
+
     # -- sending and acks --------------------------------------------------------------------
 
-    def _entry(self, record: Record, n: int) -> Entry:
+    def _entry(self, record: Record, n: int, published_ns: int) -> Entry:
         """Record `n` as a ready HPUB command (the per-record hot path). The header block is
-        pre-rendered per kind and market; only the Msg-Id and the reply number vary."""
+        pre-rendered per kind and market; only the Msg-Id and the reply number vary. The
+        entry keeps receive_ts_ns and published_ns for the ack-latency histograms."""
         key = (type(record), record.market)
         parts = self._parts.get(key)
         if parts is None:
@@ -219,7 +231,8 @@ class NatsTransport:
             )
         msg_id = header_value(msg_id_for(record))
         reply = b"%s%d" % (self._reply_prefix, n)
-        return subject, payload, hpub_command(subject_bytes, reply, msg_id, tail, payload), kind
+        command = hpub_command(subject_bytes, reply, msg_id, tail, payload)
+        return subject, payload, command, kind, record.receive_ts_ns, published_ns
 
     def _render_parts(self, record: Record) -> tuple[str, bytes, bytes, str]:
         kind = record_kind(record)
@@ -227,13 +240,13 @@ class NatsTransport:
         tail = header_tail(kind, record.market, self._content_type)
         return subject, subject.encode(), tail, kind
 
-    async def _enqueue(self, record: Record) -> None:
+    async def _enqueue(self, record: Record, published_ns: int) -> None:
         """Add to the window; send now when the link is up (else the re-send will)."""
         window = self._window
         if not window.pending:
             self._idle.clear()
         n = window.next_n
-        entry = self._entry(record, n)
+        entry = self._entry(record, n, published_ns)
         window.add(entry)
         await self._send_commands([entry[2]], n)
 
@@ -286,7 +299,7 @@ class NatsTransport:
                 subject_text = window.pending[n][0]
                 log.warning("nats.publish.rejected", reason=ack, subject=subject_text)
             return
-        if window.settle(n, duplicate=ack.duplicate):
+        if window.settle(n, duplicate=ack.duplicate, now_ns=self._clock_ns()):
             if not window.pending:
                 self._idle.set()
             if len(window.pending) < window.capacity:
@@ -319,9 +332,10 @@ class NatsTransport:
         """Enqueue (and send when up) the `dropped` status record for the drops so far."""
         count, markets = self._window.take_drops()
         window_size = self._window.capacity
-        status = drop_status(count, markets, window=window_size, receive_ts_ns=self._clock_ns())
+        now_ns = self._clock_ns()
+        status = drop_status(count, markets, window=window_size, receive_ts_ns=now_ns)
         log.warning("nats.dropped.reported", count=count, markets=len(markets))
-        await self._enqueue(status)
+        await self._enqueue(status, now_ns)
 
     # -- connection management ---------------------------------------------------------------
 

@@ -1,12 +1,14 @@
 """The pure core of the NATS transport (no nats-py, no asyncio, no clock): HPUB protocol bytes,
-the window of published, unacked records and its counters, JetStream PubAck parsing, the
-`dropped` status record, nats-py connect options from the settings, link states and errors.
+the window of published, unacked records with its counters and ack-latency histograms, JetStream
+PubAck parsing, the `dropped` status record, nats-py connect options, link states and errors.
 """
 
 from __future__ import annotations
 
 import enum
 import ssl
+from bisect import bisect_left
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,8 +26,22 @@ CONTENT_TYPES = {NatsPayload.JSON: "application/json", NatsPayload.MSGPACK: "app
 DROP_CONNECTION_ID = "transport"
 
 # One record waiting for its ack: subject, payload, the whole HPUB command (reply subject
-# included, so a re-send after a reconnect is the same bytes), kind.
-Entry = tuple[str, bytes, bytes, str]
+# included, so a re-send after a reconnect is the same bytes), kind, the record's receive_ts_ns
+# (its frame's arrival) and published_ns (when publish()/publish_many() was called with it).
+Entry = tuple[str, bytes, bytes, str, int, int]
+
+# Upper bounds of the ack-latency histogram buckets: 0.1 ms to 5 s in 1-2.5-5 steps (a last,
+# unbounded bucket takes the rest). Nanoseconds, exact integers.
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
+    micros * 1_000
+    for micros in (
+        100, 250, 500,
+        1_000, 2_500, 5_000,
+        10_000, 25_000, 50_000,
+        100_000, 250_000, 500_000,
+        1_000_000, 2_500_000, 5_000_000,
+    )
+)  # fmt: skip
 
 _HEADER_HEAD = b"NATS/1.0\r\n" + HEADER_MSG_ID.encode() + b": "
 _HEADER_HEAD_LEN = len(_HEADER_HEAD)
@@ -199,11 +215,62 @@ def drop_status(count: int, markets: set[str], *, window: int, receive_ts_ns: in
     )
 
 
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A latency histogram at one moment: `counts[i]` latencies were <= bounds_ns[i] (and above
+    the bound before); the last count is of those above every bound."""
+
+    bounds_ns: tuple[int, ...]
+    counts: tuple[int, ...]
+    sum_ns: int
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[int]:
+        """Prometheus `le` buckets: how many were <= each bound, then the total (+Inf)."""
+        running, out = 0, []
+        for count in self.counts:
+            running += count
+            out.append(running)
+        return out
+
+
+class LatencyHistogram:
+    """Counts of latencies in nanoseconds per bucket of `bounds_ns`, and their sum. A negative
+    latency (the wall clock stepped back) lands in the first bucket and lowers the sum."""
+
+    __slots__ = ("bounds_ns", "counts", "sum_ns")
+
+    def __init__(self, bounds_ns: tuple[int, ...] = LATENCY_BOUNDS_NS) -> None:
+        self.bounds_ns = bounds_ns
+        self.counts = [0] * (len(bounds_ns) + 1)
+        self.sum_ns = 0
+
+    def observe(self, latency_ns: int) -> None:
+        self.counts[bisect_left(self.bounds_ns, latency_ns)] += 1
+        self.sum_ns += latency_ns
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(self.bounds_ns, tuple(self.counts), self.sum_ns)
+
+
+@dataclass(frozen=True)
+class AckLatency:
+    """The ack-latency histograms of a transport and when the last ack arrived (0: none yet)."""
+
+    frame_to_ack: HistogramSnapshot  # frame received (record.receive_ts_ns) -> JetStream ack
+    publish_to_ack: HistogramSnapshot  # publish()/publish_many() call -> JetStream ack
+    last_ack_ns: int
+
+
 class AckWindow:
     """The records published and not yet acked, oldest first, and what happened to them.
 
     Records are numbered in publish order; `n` is also the suffix of the reply subject their
-    ack comes back on.
+    ack comes back on. Each ack is timed against the entry's receive_ts_ns and published_ns
+    (latency histograms): no per-record state beyond the entry itself.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -219,6 +286,9 @@ class AckWindow:
         self.dropped = 0
         self.unreported_drops = 0
         self.dropped_markets: set[str] = set()
+        self.frame_to_ack = LatencyHistogram()
+        self.publish_to_ack = LatencyHistogram()
+        self.last_ack_ns = 0
 
     @property
     def full(self) -> bool:
@@ -230,17 +300,26 @@ class AckWindow:
         self.pending[n] = entry
         return n
 
-    def settle(self, n: int, *, duplicate: bool) -> bool:
-        """Record the ack of `n`; False when it is not pending (an ack of a re-send)."""
+    def settle(self, n: int, *, duplicate: bool, now_ns: int) -> bool:
+        """Record the ack of `n` received at `now_ns` (the clock of receive_ts_ns); False when
+        it is not pending (an ack of a re-send)."""
         entry = self.pending.pop(n, None)
         if entry is None:
             return False
-        kind = entry[3]
+        _, payload, _, kind, receive_ts_ns, published_ns = entry
         self.acked_by_kind[kind] = self.acked_by_kind.get(kind, 0) + 1
         self.acked += 1
-        self.acked_bytes += len(entry[1])
+        self.acked_bytes += len(payload)
         if duplicate:
             self.duplicates += 1
+        # LatencyHistogram.observe() for both, inlined: this runs once per record.
+        histogram, latency_ns = self.frame_to_ack, now_ns - receive_ts_ns
+        histogram.counts[bisect_left(histogram.bounds_ns, latency_ns)] += 1
+        histogram.sum_ns += latency_ns
+        histogram, latency_ns = self.publish_to_ack, now_ns - published_ns
+        histogram.counts[bisect_left(histogram.bounds_ns, latency_ns)] += 1
+        histogram.sum_ns += latency_ns
+        self.last_ack_ns = now_ns
         return True
 
     def unacked_from(self, n: int) -> list[int]:
@@ -261,6 +340,11 @@ class AckWindow:
         taken = self.unreported_drops, self.dropped_markets
         self.unreported_drops, self.dropped_markets = 0, set()
         return taken
+
+    def latency(self) -> AckLatency:
+        return AckLatency(
+            self.frame_to_ack.snapshot(), self.publish_to_ack.snapshot(), self.last_ack_ns
+        )
 
     def stats(self, *, reconnects: int) -> TransportStats:
         return TransportStats(
