@@ -7,6 +7,7 @@ a reconnect. Pure: the session hosts it and passes each frame's receive time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -227,10 +228,7 @@ class BookRepairs:
         self.next_deadline_ns = min(deadlines) if deadlines else None
 
     def _finish(self, repair: Repair, receive_ts_ns: int) -> None:
-        if repair.sid is not None:
-            self._by_sid.pop(repair.sid, None)
-        if repair.command_id is not None:
-            self._by_command.pop(repair.command_id, None)
+        self._drop(repair)
         self._update_deadline()
         self._host.stats.resyncs += 1
         status = self._host.status_record(
@@ -250,6 +248,29 @@ class BookRepairs:
                 status=status,
             )
         )
+
+    def forget_markets(self, markets: Iterable[str], receive_ts_ns: int) -> None:
+        """Markets left the subscription (delete_markets, §5.3): no repair waits for them. A
+        repair left waiting for nothing ends; RESYNCED names the markets it did rebuild."""
+        gone = set(markets)
+        for repair in self._all():
+            if not gone & (repair.pending | set(repair.markets)):
+                continue
+            repair.pending -= gone
+            repair.markets = tuple(m for m in repair.markets if m not in gone)
+            if repair.pending:
+                continue
+            if repair.markets:
+                self._finish(repair, receive_ts_ns)
+            else:
+                self._drop(repair)
+        self._update_deadline()
+
+    def _drop(self, repair: Repair) -> None:
+        if repair.sid is not None:
+            self._by_sid.pop(repair.sid, None)
+        if repair.command_id is not None:
+            self._by_command.pop(repair.command_id, None)
 
     def on_refused(self, command_id: int, code: int, receive_ts_ns: int) -> bool:
         """The exchange answered one of our repair commands with an error: climb the ladder."""

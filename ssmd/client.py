@@ -18,7 +18,6 @@ from ssmd.client_events import (
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
-from ssmd.recording import MarkKind
 from ssmd.records import StatusEvent
 
 
@@ -89,16 +88,9 @@ class KalshiClient(ClientBase):
 
     async def _tick(self, ws: ClientConnection) -> None:
         """Give the session the time when no frame does (repair deadlines, §4.3)."""
-        session = self.session
         while True:
             await asyncio.sleep(TICK_S)
-            now_ns = self._clock_ns()
-            session.poll(now_ns)
-            recorder = self.recorder
-            if recorder is not None:
-                if session.has_events:  # the time alone changed something: a replay must know
-                    recorder.mark(session.connection_id, MarkKind.DEADLINE, now_ns)
-                recorder.poll(now_ns)
+            self._poll()
             await self._after_frame(ws)
             if self._events.reconnect_reason is not None:
                 await ws.close(code=1000, reason="resync")

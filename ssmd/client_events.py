@@ -31,6 +31,7 @@ from ssmd.session_events import (
     SessionEvent,
     SlowDown,
     SubscriptionConfirmed,
+    TopChanged,
     TradesMissing,
     UnsupportedFrame,
 )
@@ -76,7 +77,9 @@ class SessionEventHandler:
 
     async def handle(self, event: SessionEvent) -> None:
         log = self._log
-        if isinstance(event, SubscriptionConfirmed):
+        if isinstance(event, TopChanged):  # the most frequent event when tops are on
+            await self._emit(event.record)
+        elif isinstance(event, SubscriptionConfirmed):
             log.info("session.subscribed", channel=event.channel.value, sid=event.sid)
             await self._emit(event.status)
         elif isinstance(event, SequenceGap):
@@ -248,8 +251,20 @@ class ClientBase:
         # Markets the exchange refused (error 26): the session forgot them; place them elsewhere.
         self.on_markets_rejected: Callable[[MarketsRejected], Awaitable[None]] | None = None
         self._events = SessionEventHandler(
-            session, self._log, self._emit, self._trades_missing, self._markets_rejected
+            session, self._log, self._emit_marked, self._trades_missing, self._markets_rejected
         )
+
+    def _poll(self) -> None:
+        """The driver's timer: give the session the time; if the time alone changed something
+        (a repair deadline, a held top), mark it in the recording, so a replay does it too."""
+        now_ns = self._clock_ns()
+        session = self.session
+        session.poll(now_ns)
+        recorder = self.recorder
+        if recorder is not None:
+            if session.has_events:
+                recorder.mark_deadline(session.connection_id, now_ns)
+            recorder.poll(now_ns)
 
     async def _emit(self, record: Record) -> None:
         await self._sink.put(record)

@@ -26,7 +26,6 @@ from ssmd.client_events import (
     report_connection_end,
 )
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
-from ssmd.recording import MarkKind
 from ssmd.records import Record, StatusEvent
 
 # Frames parsed while the pump has work pending wait here; past this many, reading pauses.
@@ -121,16 +120,9 @@ class PicowsKalshiClient(ClientBase):
 
     async def _tick(self, listener: _FrameListener) -> None:
         """Give the session the time when no frame does (repair deadlines, §4.3)."""
-        session = self.session
         while True:
             await asyncio.sleep(TICK_S)
-            now_ns = self._clock_ns()
-            session.poll(now_ns)
-            recorder = self.recorder
-            if recorder is not None:
-                if session.has_events:  # the time alone changed something: a replay must know
-                    recorder.mark(session.connection_id, MarkKind.DEADLINE, now_ns)
-                recorder.poll(now_ns)
+            self._poll()
             await self.after_frame(listener.transport)
             if listener.check_reconnect():
                 return

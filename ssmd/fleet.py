@@ -18,8 +18,7 @@ from ssmd.recording import FrameRecorder
 from ssmd.records import Record
 from ssmd.rest import KalshiRest
 from ssmd.retry import RetryPolicy
-from ssmd.session import RecentIds
-from ssmd.session_events import SessionStats
+from ssmd.session_events import RecentIds, SessionStats
 from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor
 
 

@@ -67,7 +67,7 @@ class SessionSetup(msgspec.Struct, frozen=True):
 def session_setup(session: KalshiSession) -> SessionSetup:
     """The setup `session` subscribes with (its channels in subscription order)."""
     return SessionSetup(
-        channels=tuple(session.subscriptions),
+        channels=session.channels,
         markets=session.markets,
         use_yes_price=session.use_yes_price,
     )
@@ -273,6 +273,11 @@ class FrameRecorder:
         self._buffer += b"\n"
         if len(self._buffer) > self._buffer_limit:
             self._drain(start, ts_ns)
+
+    def mark_deadline(self, connection_id: str, ts_ns: int) -> None:
+        """The time alone changed the session (a repair deadline, a held top): a replay polls
+        its session at this time too."""
+        self.mark(connection_id, MarkKind.DEADLINE, ts_ns)
 
     def mark_status(self, status: Status, session: KalshiSession) -> None:
         """Mark what a connection-level status record says (`connected` carries the session's

@@ -31,6 +31,7 @@ from ssmd.config import (
     TransportSettings,
     load_environment,
 )
+from ssmd.config.top import TopSettings
 from ssmd.errors import ConfigError, SsmdError
 from ssmd.messages import Channel
 from ssmd.natsserver import NatsServer
@@ -46,8 +47,8 @@ from ssmd.recording import (
     SessionSetup,
 )
 from ssmd.records import Record, StatusEvent, record_kind
-from ssmd.session import KalshiSession, RecentIds
-from ssmd.session_events import TradesMissing
+from ssmd.session import KalshiSession
+from ssmd.session_events import RecentIds, TradesMissing
 from ssmd.transport import build_transport
 from ssmd.transport.base import Transport
 
@@ -209,6 +210,7 @@ class _Connection:
             use_yes_price=setup.use_yes_price,
             repair_timeout_s=replayer.repair_timeout_s,
             recent_trades=replayer.recent_trades,
+            top=replayer.top,
         )
         self.session.commands_to_send()  # sent by the live client; their answers are recorded
         bound = log.bind(connection_id=connection_id)
@@ -223,8 +225,9 @@ async def _no_backfill(event: TradesMissing) -> None:
 class Replayer:
     """Entries in, records out: the live client's pipeline without a socket or a clock."""
 
-    def __init__(self, *, repair_timeout_s: float = 10.0) -> None:
+    def __init__(self, *, repair_timeout_s: float = 10.0, top: TopSettings | None = None) -> None:
         self.repair_timeout_s = repair_timeout_s
+        self.top = top  # the environment's `top`: tops are derived again, as live
         self.recent_trades = RecentIds()  # shared by every connection, as the supervisor does
         self.stats = ReplayStats()
         self._connections: dict[str, _Connection] = {}
@@ -319,6 +322,7 @@ async def replay_files(
     *,
     speed: float | None = None,
     repair_timeout_s: float = 10.0,
+    top: TopSettings | None = None,
     monotonic_s: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ReplayStats:
@@ -326,7 +330,7 @@ async def replay_files(
 
     `speed` None: as fast as possible; 1: at the recorded pace; N: N times faster.
     """
-    replayer = Replayer(repair_timeout_s=repair_timeout_s)
+    replayer = Replayer(repair_timeout_s=repair_timeout_s, top=top)
     first_ts_ns: int | None = None
     started_s = monotonic_s()
     for path in paths:
@@ -469,7 +473,11 @@ async def _replay_main(
         await transport.start()
         try:
             return await replay_files(
-                paths, transport, speed=speed, repair_timeout_s=repair_timeout_s
+                paths,
+                transport,
+                speed=speed,
+                repair_timeout_s=repair_timeout_s,
+                top=settings.top if settings is not None else None,
             )
         finally:
             await transport.close()

@@ -174,6 +174,7 @@ class Connector:
                 ping_interval_s=self.settings.exchange.ping_interval_s,
                 client=self.settings.exchange.client,
                 repair_timeout_s=self.settings.exchange.repair_timeout_s,
+                top=self.settings.top,
             )
             rest_url = self.settings.exchange.rest_url or rest_base_url(exchange.url)
             rest = KalshiRest(rest_url, exchange.credentials)

@@ -7,9 +7,8 @@ changing market set live here; no asyncio, no socket, no clock: every frame brin
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ssmd.book import ApplyResult, BookSet
 from ssmd.book_repair import BookRepairs
@@ -33,6 +32,7 @@ from ssmd.session_events import (
     DuplicateFrame,
     ExchangeError,
     MalformedFrame,
+    RecentIds,
     RepairMethod,
     SequenceGap,
     SessionEvent,
@@ -41,10 +41,16 @@ from ssmd.session_events import (
     Subscription,
     SubscriptionConfirmed,
     SubscriptionState,
+    TopChanged,
+    TradeResume,
     TradesMissing,
     UnsupportedFrame,
 )
 from ssmd.session_markets import MARKET_CHANNELS, MarketChanges
+from ssmd.top import TopTracker
+
+if TYPE_CHECKING:  # the config package imports this module (through client_events)
+    from ssmd.config.top import TopSettings
 
 # §6.6: codes after which the subscription no longer exists (10 and 25 terminal; 17 listed
 # terminal in the 2026-08 spec, §12 #9).
@@ -54,34 +60,6 @@ _EXCERPT_CHARS = 200
 _NS_PER_S = 1_000_000_000
 _NORMALIZER_BY_FRAME_TYPE_GET = NORMALIZER_BY_FRAME_TYPE.get
 _APPLIED = ApplyResult.APPLIED  # a module global: enum member lookups cost ~50 ns (3.11)
-
-
-class RecentIds:
-    """A bounded set of recently seen ids (trade ids), oldest forgotten first."""
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, key: str) -> bool:
-        """Remember `key`; False if it was already known."""
-        if key in self._ids:
-            return False
-        self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._ids
-
-
-@dataclass
-class _TradeResume:
-    """A trade subscription is (re)starting: trades since `since_ts_ns` must be backfilled."""
-
-    since_ts_ns: int | None
-    reason: str
 
 
 class KalshiSession:
@@ -105,8 +83,11 @@ class KalshiSession:
         repair_timeout_s: float = 10.0,
         trades_since_ts_ns: int | None = None,
         recent_trades: RecentIds | None = None,
+        top: TopSettings | None = None,
     ) -> None:
         self.connection_id = connection_id
+        # Derived top-of-book records (ssmd.top), when `top.enabled`: published as TopChanged.
+        self._top = TopTracker(top) if top is not None and top.enabled else None
         self.use_yes_price = use_yes_price
         self.stats = SessionStats()
         self.books = BookSet()
@@ -125,10 +106,11 @@ class KalshiSession:
         # sids whose NO-side levels are quoted in YES-leg price (§7.1.4).
         self._yes_price_sids: set[int] = set()
         self._repairs = BookRepairs(self, timeout_ns=int(repair_timeout_s * _NS_PER_S))
-        self._trade_resume: _TradeResume | None = None
+        self._trade_resume: TradeResume | None = None
         if trades_since_ts_ns is not None:
-            self._trade_resume = _TradeResume(trades_since_ts_ns, "reconnected")
+            self._trade_resume = TradeResume(trades_since_ts_ns, "reconnected")
         channels = tuple(channels)
+        self.channels = channels  # what it subscribes once it has markets (lifecycle: at once)
         self._market_changes = MarketChanges(self, markets, channels)
         for channel in channels:
             if channel not in MARKET_CHANNELS or self._market_changes.wanted:
@@ -194,7 +176,7 @@ class KalshiSession:
     def restart_channel(self, channel: Channel, reason: str) -> Subscription:
         """Subscribe `channel` again (its sid is gone); trades meanwhile are backfilled."""
         if channel is Channel.TRADE:
-            self._trade_resume = _TradeResume(self.last_trade_ts_ns, reason)
+            self._trade_resume = TradeResume(self.last_trade_ts_ns, reason)
         return self.subscribe(channel)
 
     def commands_to_send(self) -> list[bytes]:
@@ -258,6 +240,9 @@ class KalshiSession:
         deadline_ns = self._repairs.next_deadline_ns
         if deadline_ns is not None and now_ns > deadline_ns:
             self._repairs.escalate_overdue(now_ns)
+        top = self._top
+        if top is not None and (due_ns := top.next_due_ns()) is not None and now_ns >= due_ns:
+            self._events.extend(TopChanged(record) for record in top.flush_due(now_ns))
 
     def receive_frame(self, data: bytes | str, receive_ts_ns: int) -> Record | None:
         """Process one text frame; return its normalized record, if it is a data frame."""
@@ -295,6 +280,8 @@ class KalshiSession:
             result = self.books.apply(record)
             if result is not _APPLIED:
                 record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
+            if self._top is not None:
+                self._book_changed(record)
         elif type(record) is Trade:
             if not self.recent_trades.add(record.trade_id):
                 stats.duplicates += 1
@@ -304,8 +291,28 @@ class KalshiSession:
         elif type(record) is BookSnapshot:
             result = self.books.apply(record)
             record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
+            if self._top is not None:
+                self._book_changed(record)
         stats.records_out += 1
         return record
+
+    def discard_books(self, markets: tuple[str, ...], ts_ns: int) -> None:
+        """These markets left the orderbook subscription: forget their books, their tops and
+        their place in any repair under way (a repair waits for nothing gone)."""
+        for market in markets:
+            self.books.discard(market)
+            if self._top is not None:
+                self._top.forget(market)
+        self._repairs.forget_markets(markets, ts_ns)
+
+    def _book_changed(self, record: BookDelta | BookSnapshot) -> None:
+        """A book record was applied: its market's top may have to be published."""
+        assert self._top is not None
+        book = self.books.get(record.market)
+        if book is None:
+            self._top.forget(record.market)
+        elif (top := self._top.receive_book(book, record)) is not None:
+            self._events.append(TopChanged(top))
 
     def _accept_seq(self, sid: int, seq: int, receive_ts_ns: int) -> bool:
         """§4.3: expect last + 1 on every sid; a jump is a gap, a repeat is dropped."""

@@ -1,14 +1,15 @@
 """What a KalshiSession tells its driver: events, each with the status record downstream
-subscribers must see (if any); the counters the session keeps; its subscription records."""
+subscribers must see (if any); the counters and trade ids the session keeps; its subscription
+records."""
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from ssmd.messages import Channel
-from ssmd.records import Status
+from ssmd.records import Status, Top
 
 
 class RepairMethod(enum.Enum):
@@ -35,6 +36,13 @@ class Subscription:
     markets: tuple[str, ...]
     state: SubscriptionState = SubscriptionState.REQUESTED
     sid: int | None = None
+
+
+@dataclass(frozen=True)
+class TopChanged:
+    """A market's best levels changed: its `top` record, to publish after the book record."""
+
+    record: Top
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,7 @@ SessionEvent = (
     | DuplicateFrame
     | UnsupportedFrame
     | MalformedFrame
+    | TopChanged
 )
 
 
@@ -217,3 +226,31 @@ class SessionStats:
         self.resyncs += other.resyncs
         self.unsupported_by_type.update(other.unsupported_by_type)
         self.malformed_by_reason.update(other.malformed_by_reason)
+
+
+class RecentIds:
+    """A bounded set of recently seen ids (trade ids), oldest forgotten first."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Remember `key`; False if it was already known."""
+        if key in self._ids:
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ids
+
+
+@dataclass
+class TradeResume:
+    """A trade subscription is (re)starting: trades since `since_ts_ns` must be backfilled."""
+
+    since_ts_ns: int | None
+    reason: str

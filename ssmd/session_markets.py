@@ -64,6 +64,8 @@ class MarketsHost(Protocol):
 
     def restart_channel(self, channel: Channel, reason: str) -> Subscription: ...
 
+    def discard_books(self, markets: tuple[str, ...], ts_ns: int) -> None: ...
+
     def status_record(
         self, event: StatusEvent, ts_ns: int, *, markets: tuple[str, ...] = ()
     ) -> Status: ...
@@ -254,8 +256,7 @@ class MarketChanges:
         if self._host.subscriptions.get(channel) is tracked.subscription:
             del self._host.subscriptions[channel]
         if channel is Channel.ORDERBOOK_DELTA:
-            for market in tracked.subscription.markets:
-                self._host.books.discard(market)
+            self._host.discard_books(tracked.subscription.markets, ts_ns)
         if tracked.resubscribe and self.wanted:
             # A refused delete_markets: the new sid carries the set without those markets.
             sub = self._host.restart_channel(channel, "delete_markets refused: resubscribed")
@@ -397,8 +398,7 @@ class MarketChanges:
 
     def _confirm(self, change: MarketChange, channel: Channel, ts_ns: int) -> None:
         if channel is Channel.ORDERBOOK_DELTA and change.action is _DELETE:
-            for market in change.markets:
-                self._host.books.discard(market)
+            self._host.discard_books(change.markets, ts_ns)
         change.waiting.discard(channel)
         self._complete_if_done(change, ts_ns)
 

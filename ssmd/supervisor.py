@@ -17,14 +17,15 @@ import structlog
 from ssmd.auth import Credentials
 from ssmd.client import KalshiClient
 from ssmd.client_events import ClientKind
+from ssmd.config.top import TopSettings
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected, ProtocolError
 from ssmd.messages import Channel
 from ssmd.recording import FrameRecorder, MarkKind
 from ssmd.records import Record, StatusEvent
 from ssmd.rest import KalshiRest
 from ssmd.retry import RetryPolicy, Verdict
-from ssmd.session import KalshiSession, RecentIds
-from ssmd.session_events import MarketsRejected, SessionStats, TradesMissing
+from ssmd.session import KalshiSession
+from ssmd.session_events import MarketsRejected, RecentIds, SessionStats, TradesMissing
 
 if TYPE_CHECKING:
     from ssmd.client_picows import PicowsKalshiClient
@@ -44,6 +45,7 @@ class ConnectionPlan:
     ping_interval_s: float | None = 10.0
     repair_timeout_s: float = 10.0
     client: ClientKind = ClientKind.WEBSOCKETS  # which WebSocket library drives it
+    top: TopSettings | None = None  # derived top-of-book records (when enabled)
 
 
 def client_class(kind: ClientKind) -> type[KalshiClient] | type[PicowsKalshiClient]:
@@ -162,6 +164,7 @@ class ConnectionSupervisor:
                 repair_timeout_s=self.plan.repair_timeout_s,
                 trades_since_ts_ns=trades_since_ns,
                 recent_trades=self._recent_trades,
+                top=self.plan.top,
             )
             client = client_class(self.plan.client)(
                 url=self.plan.url,

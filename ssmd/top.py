@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ssmd.book import BookRecord, BookState, OrderBook
-from ssmd.config.top import TopSettings
 from ssmd.fixedpoint import ONE_DOLLAR_E4, price_in_domain
 from ssmd.records import Flag, Level, LiquidityTier, Top, TopTrigger
+
+if TYPE_CHECKING:  # the config package imports the session, which imports this module
+    from ssmd.config.top import TopSettings
 
 HALF_DOLLAR_E4 = ONE_DOLLAR_E4 // 2
 EVEN_ODDS_E2 = 10_000  # +100.00: American odds of a price of exactly $0.50

@@ -124,14 +124,21 @@ def test_kalshi_dev_environment_targets_the_demo_host() -> None:
     assert settings.credentials is not None
     assert settings.credentials.key_id_env == "KALSHI_API_KEY_ID"
     assert settings.credentials.private_key_env is not None
-    assert len(settings.subscription.markets) >= 1
+    select = settings.subscription.select
+    assert select is not None
+    assert select.series == ("KXBTCD", "KXETHD")
+    assert select.closing_within_h == 48
 
 
 def test_kalshi_prod_environment_targets_the_prod_host() -> None:
     settings = load_environment("kalshi-prod", environments_dir=REPO_ENVIRONMENTS)
     assert settings.exchange.ws_url == "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
     assert settings.credentials is not None
-    assert settings.subscription.markets
+    select = settings.subscription.select
+    assert select is not None
+    assert select.categories == ("Sports",)
+    assert settings.subscription.shard is not None
+    assert (settings.subscription.shard.index, settings.subscription.shard.count) == (0, 1)
 
 
 def test_environment_names_resolve_in_the_working_directory_first(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ from ssmd.replay import (
     read_entries,
     replay_files,
 )
-from ssmd.session import KalshiSession, RecentIds
+from ssmd.session import KalshiSession
+from ssmd.session_events import RecentIds
 from ssmd.subjects import msg_id_for
 from ssmd.transport import FileTransport, build_transport, read_records
 
@@ -133,12 +134,24 @@ async def test_a_replay_gives_the_live_records_exactly(
     assert any(isinstance(r, BookSnapshot) and Flag.AFTER_RESYNC in r.flags for r in live.records)
     entries = [entry for path in live.files for entry in read_entries(path)]
     marks = [(e.connection_id, e.kind) for e in entries if isinstance(e, RecordedMark)]
-    assert marks == [
+    continuity = (MarkKind.CONNECTED, MarkKind.DISCONNECTED)
+    assert [mark for mark in marks if mark[1] in continuity] == [
         ("live/1", MarkKind.CONNECTED),
         ("live/1", MarkKind.DISCONNECTED),
         ("live/2", MarkKind.CONNECTED),
         ("live/2", MarkKind.DISCONNECTED),
     ]
+    # The gap and its repair are marked where they happened, between connect and disconnect.
+    gaps = [
+        (r.connection_id, MarkKind.GAP if r.event is StatusEvent.GAP else MarkKind.RESYNCED)
+        for r in live.records
+        if isinstance(r, Status) and r.event in (StatusEvent.GAP, StatusEvent.RESYNCED)
+    ]
+    assert [mark for mark in marks if mark[1] in (MarkKind.GAP, MarkKind.RESYNCED)] == gaps
+    for connection_id, kind in gaps:
+        index = marks.index((connection_id, kind))
+        assert marks.index((connection_id, MarkKind.CONNECTED)) < index
+        assert index < marks.index((connection_id, MarkKind.DISCONNECTED))
 
     # Record for record, in order, receive times included.
     assert await replay_in_memory(live.files) == live.records

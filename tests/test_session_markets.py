@@ -23,6 +23,7 @@ from ssmd.session_events import (
     ExchangeError,
     MarketsChanged,
     MarketsRejected,
+    Resynced,
     SequenceGap,
     SessionEvent,
     SlowDown,
@@ -30,7 +31,7 @@ from ssmd.session_events import (
     TradesMissing,
 )
 
-from .test_session import ALL_CHANNELS, MARKETS, frame, snapshot, subscribed_session
+from .test_session import ALL_CHANNELS, MARKETS, delta, frame, snapshot, subscribed_session
 
 NEW = ("KXC-26NOV21-T3", "KXD-26NOV21-T4")
 ORDERBOOK, TICKER, TRADE, LIFECYCLE = ALL_CHANNELS
@@ -612,3 +613,47 @@ def test_any_interleaving_ends_with_the_exchange_carrying_exactly_the_wanted_set
         wire.market_event()
     wire.deliver()
     assert {r.market for r in wire.records if not isinstance(r, Status | Lifecycle)} <= wanted
+
+
+def test_a_repair_stops_waiting_for_markets_removed_meanwhile() -> None:
+    session = subscribed_session()
+    session.receive_frame(snapshot(1, MARKETS[0]), 1)
+    session.receive_frame(snapshot(2, MARKETS[1]), 2)
+    session.receive_frame(delta(4, MARKETS[0]), 3)  # seq 3 lost: both books distrusted
+    assert session.repairing
+    session.events_to_handle()
+    session.commands_to_send()  # the get_snapshot (§4.3)
+    session.remove_markets([MARKETS[1]])
+    (first, *_) = commands(session)
+    session.receive_frame(ok(first["id"], 1, 5, (MARKETS[0],)), 4)
+    assert session.repairing  # MARKETS[0] still awaits its snapshot
+    resync = frame(
+        type="orderbook_snapshot",
+        sid=1,
+        seq=6,
+        msg={"market_ticker": MARKETS[0], "yes_dollars_fp": [["0.4100", "1.00"]]},
+    )
+    record = session.receive_frame(resync, 5)
+    assert isinstance(record, BookSnapshot)
+    assert Flag.AFTER_RESYNC in record.flags
+    assert not session.repairing
+    resynced = [e for e in session.events_to_handle() if isinstance(e, Resynced)]
+    assert [e.status.markets for e in resynced] == [(MARKETS[0],)]
+
+
+def test_a_repair_of_only_removed_markets_ends_without_escalating() -> None:
+    session = subscribed_session()
+    session.receive_frame(snapshot(1, MARKETS[0]), 1)
+    session.receive_frame(delta(3, MARKETS[0]), 2)  # gap: both markets' books distrusted
+    assert session.repairing
+    session.events_to_handle()
+    session.commands_to_send()
+    session.remove_markets(MARKETS)  # every market: the channels are unsubscribed
+    for command in commands(session):
+        if command["cmd"] == "unsubscribe":
+            for sid in command["params"]["sids"]:
+                session.receive_frame(frame(type="unsubscribed", id=command["id"], sid=sid), 3)
+    assert not session.repairing
+    session.events_to_handle()
+    session.poll(10**15)  # long past every repair deadline
+    assert not session.events_to_handle()  # no resubscribe, no reconnect

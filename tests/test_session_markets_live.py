@@ -5,7 +5,6 @@ removed ones stop at `markets_removed`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -15,16 +14,9 @@ from ssmd.exchange.server import ExchangeSimulator
 from ssmd.messages import Channel
 from ssmd.records import BookSnapshot, Lifecycle, Record, Status, StatusEvent
 from ssmd.session import KalshiSession
+from tests.conftest import wait_until
 
 KEY_ID = "markets-live-test-key"
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def status_index(records: list[Record], event: StatusEvent) -> int | None:

@@ -9,9 +9,10 @@ from typing import Any
 
 from ssmd.book import BookState
 from ssmd.records import BookSnapshot, Flag, StatusEvent, Trade
-from ssmd.session import KalshiSession, RecentIds
+from ssmd.session import KalshiSession
 from ssmd.session_events import (
     BookInvalid,
+    RecentIds,
     ReconnectRequired,
     RepairMethod,
     RepairStarted,

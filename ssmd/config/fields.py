@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -121,3 +121,13 @@ FaultSpec = Annotated[
     PlainValidator(_receive_faults),
     PlainSerializer(_faults_to_text, return_type=str),
 ]
+
+
+def no_duplicates(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A list validator: the first entry listed twice is an error naming its index."""
+    seen: set[Any] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            raise rule("listed twice", field=str(index), fix="remove the duplicate list entry")
+        seen.add(value)
+    return values

@@ -21,6 +21,7 @@ from ssmd.config.fields import (
     FaultSpec,
     Section,
     drop_null_sections,
+    no_duplicates,
     rule,
 )
 from ssmd.config.nats import NatsTransportSettings
@@ -274,12 +275,7 @@ class SubscriptionSettings(Section):
     @field_validator("channels", "markets")
     @classmethod
     def _no_duplicates(cls, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        seen: set[Any] = set()
-        for index, value in enumerate(values):
-            if value in seen:
-                raise rule("listed twice", field=str(index), fix="remove the duplicate list entry")
-            seen.add(value)
-        return values
+        return no_duplicates(values)
 
 
 class FileTransportSettings(Section):

@@ -5,11 +5,11 @@ PROTOCOL.md §9.6). Validation only; ssmd.selection and ssmd.discovery act on th
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from ssmd.config.fields import Section, rule
+from ssmd.config.fields import Section, no_duplicates, rule
 from ssmd.ratelimit import BASIC_READ_BURST_S, BASIC_READ_TOKENS_PER_S, DEFAULT_REQUEST_COST
 from ssmd.selection import StatusFilter, is_glob
 
@@ -23,15 +23,6 @@ Name = Annotated[str, Field(min_length=1)]
 def _as_list(value: object) -> object:
     """A single YAML scalar where a list is expected (`status: open`) is a one-item list."""
     return [value] if isinstance(value, str) else value
-
-
-def _no_duplicates(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    seen: set[Any] = set()
-    for index, value in enumerate(values):
-        if value in seen:
-            raise rule("listed twice", field=str(index), fix="remove the duplicate list entry")
-        seen.add(value)
-    return values
 
 
 class SelectionSettings(Section):
@@ -65,7 +56,7 @@ class SelectionSettings(Section):
                     fix="use a series ticker such as KXBTCD, or a glob such as KXBTC* (letters,"
                     " digits, - . _ and the glob characters * ? [ ])",
                 )
-        return _no_duplicates(values)
+        return no_duplicates(values)
 
     @field_validator("events")
     @classmethod
@@ -84,12 +75,12 @@ class SelectionSettings(Section):
                     field=str(index),
                     fix="use the exchange's event ticker, e.g. KXBTCD-26AUG2017",
                 )
-        return _no_duplicates(values)
+        return no_duplicates(values)
 
     @field_validator("categories")
     @classmethod
     def _categories(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return _no_duplicates(values)
+        return no_duplicates(values)
 
     @field_validator("tags")
     @classmethod
@@ -101,7 +92,7 @@ class SelectionSettings(Section):
                     field=str(index),
                     fix="give one tag per list entry, e.g. tags: [Bitcoin, Ethereum]",
                 )
-        return _no_duplicates(values)
+        return no_duplicates(values)
 
     @field_validator("status")
     @classmethod
@@ -109,7 +100,7 @@ class SelectionSettings(Section):
         if not values:
             choices = ", ".join(s.value for s in StatusFilter)
             raise rule("no status listed", fix=f"list one or more of {choices}, e.g. [open]")
-        return _no_duplicates(values)
+        return no_duplicates(values)
 
 
 class ShardSettings(Section):
