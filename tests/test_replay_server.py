@@ -242,3 +242,35 @@ async def test_ssmds_client_streams_the_recording_and_ends_with_its_books(
         yes = tuple(Level(price, size) for price, size in market.levels(Side.YES))
         no = tuple(Level(price, size) for price, size in market.levels(Side.NO))
         assert session.books[ticker].snapshot_levels() == (yes, no)
+
+
+async def test_a_real_capture_is_served_to_an_independent_client(
+    captures_dir: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """A wire capture from Kalshi's demo exchange (SOURCES.md), bare frames without receive
+    times, served as an exchange: the client gets every data frame of what it subscribed to,
+    unchanged, under its own sids and seqs."""
+    capture = captures_dir / "ericsngyun__probability-arena__demo-2026-08-17-wire.jsonl"
+    lines = [json.loads(line) for line in capture.read_text().splitlines() if line.strip()]
+    types = {"orderbook_snapshot": "orderbook_delta", "orderbook_delta": "orderbook_delta"}
+    types |= {"ticker": "ticker", "trade": "trade"}
+    data = [frame for frame in lines if frame.get("type") in types]
+    markets = sorted({frame["msg"]["market_ticker"] for frame in data})
+    assert len(data) == 35
+    async with (
+        ReplayExchange(
+            Timeline.load([capture]), public_keys={KEY_ID: rsa_key.public_key()}
+        ) as exchange,
+        connect(exchange.url, additional_headers=kalshi_headers(rsa_key)) as ws,
+    ):
+        params = {"channels": ["orderbook_delta", "ticker", "trade"], "market_tickers": markets}
+        await ws.send(json.dumps({"id": 1, "cmd": "subscribe", "params": params}))
+        frames = await receive_json(ws, 3 + len(data))
+    acks = {f["msg"]["channel"]: f["msg"]["sid"] for f in frames if f["type"] == "subscribed"}
+    assert acks == {"orderbook_delta": 1, "ticker": 2, "trade": 3}
+    for channel, sid in acks.items():
+        got = [frame for frame in frames if frame.get("sid") == sid]
+        wanted = [frame for frame in data if types[frame["type"]] == channel]
+        assert [(f["type"], f["msg"]) for f in got] == [(f["type"], f["msg"]) for f in wanted]
+        if channel != "ticker":  # §4.1: ticker frames carry no seq
+            assert [f["seq"] for f in got] == list(range(1, len(got) + 1))
