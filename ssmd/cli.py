@@ -221,7 +221,8 @@ def _add_tail_parser(commands: Any) -> None:
 
 
 def _tail_command(args: argparse.Namespace) -> int:
-    from ssmd.tail import OutputFormat, TailOptions, run_tail
+    from ssmd.tail import TailOptions, run_tail
+    from ssmd.tail_format import OutputFormat
 
     env = args.env
     if env is None and not args.servers:

@@ -32,14 +32,8 @@ from ssmd.records import (
     Ticker,
     Trade,
 )
-from ssmd.tail import (
-    StartPosition,
-    format_record_line,
-    format_utc_ns,
-    parse_start,
-    record_json_line,
-    subject_to_tail,
-)
+from ssmd.tail import StartPosition, parse_start, subject_to_tail
+from ssmd.tail_format import format_record_line, format_utc_ns, record_json_line
 from ssmd.transport import build_transport
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,8 @@ from ssmd.records import (
     json_schema,
 )
 from ssmd.subjects import SubjectMapper, msg_id_for
-from ssmd.tail import format_record_line, subject_to_tail
+from ssmd.tail import subject_to_tail
+from ssmd.tail_format import format_record_line
 from ssmd.top import TopTracker, american_odds_e2, depth_near_best_e2, liquidity_tier, top_of_book
 
 MARKET = "KXNBAPTS-26NOV21-LEBRON-25.5"
