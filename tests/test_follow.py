@@ -141,3 +141,25 @@ async def test_follower_discovers_retries_failures_and_follows_lifecycle() -> No
     stop.set()
     await asyncio.wait_for(task, 2)
     assert ("remove", ("WANT-1",)) in fleet.calls
+
+
+async def test_an_empty_selection_is_not_an_error_and_markets_come_back() -> None:
+    """Between two days' events a selection may resolve to nothing (rollover): the follower
+    removes what ended, keeps running, and adds the next day's markets when they appear."""
+    fleet = Fleet()
+    rounds: list[list[str]] = [["D1-A", "D1-B"], [], [], ["D2-A"]]
+
+    async def discover(now_ns: int) -> Sequence[str]:
+        return rounds.pop(0) if len(rounds) > 1 else rounds[0]
+
+    follower = MarketFollower(
+        FollowState(), fleet, discover=discover, look_up=None, refresh_interval_s=0.05
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(stop))
+    await wait_until(lambda: follower.discoveries >= 4, 5, "four discoveries")
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert fleet.markets == {"D2-A"}
+    assert ("remove", ("D1-A", "D1-B")) in fleet.calls
+    assert follower.discovery_failures == 0
