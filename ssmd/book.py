@@ -93,11 +93,10 @@ def _ladder_from(levels: tuple[Level, ...]) -> tuple[_Ladder, bool]:
     ones are dropped and reported.
     """
     sizes_e2 = {level.price_e4: level.size_e2 for level in levels}
-    negative = False
-    if any(size_e2 <= 0 for size_e2 in sizes_e2.values()):
-        negative = any(size_e2 < 0 for size_e2 in sizes_e2.values())
+    smallest_e2 = min(sizes_e2.values(), default=1)
+    if smallest_e2 <= 0:
         sizes_e2 = {p: s for p, s in sizes_e2.items() if s > 0}
-    return _Ladder(sizes_e2), negative
+    return _Ladder(sizes_e2), smallest_e2 < 0
 
 
 class OrderBook:
@@ -257,13 +256,17 @@ class BookSet(Mapping[str, OrderBook]):
         """Apply a BookSnapshot or BookDelta to its market's book. Any other record raises
         TypeError: trades, tickers and the rest are not book state."""
         if isinstance(record, BookDelta):
-            book = self._books.get(record.market)
-            if book is None:
-                book = self._book(record.market)
-            return book.apply_delta(record)
+            return self.apply_delta(record)
         if isinstance(record, BookSnapshot):
             return self._book(record.market).apply_snapshot(record)
         raise TypeError(f"BookSet applies BookSnapshot/BookDelta, not {type(record).__name__}")
+
+    def apply_delta(self, delta: BookDelta) -> ApplyResult:
+        """apply() of a BookDelta without the type dispatch (the session's hot path)."""
+        book = self._books.get(delta.market)
+        if book is None:
+            book = self._book(delta.market)
+        return book.apply_delta(delta)
 
     def track(self, markets: Iterable[str]) -> None:
         """Hold a book for each market (AWAITING_SNAPSHOT if new), e.g. right after subscribing."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
+from itertools import starmap
+from operator import itemgetter
 from typing import Any, BinaryIO, Final, TextIO, TypeAlias
 
 import msgspec
@@ -70,13 +72,6 @@ def _price(text: str, field: str, type_name: str) -> int:
         raise _invalid(type_name, field, exc) from exc
 
 
-def _size(text: str, field: str, type_name: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise _invalid(type_name, field, exc) from exc
-
-
 def _rfc3339(text: str, field: str, type_name: str) -> int:
     try:
         return rfc3339_to_ns(text)
@@ -95,6 +90,7 @@ def _out_of_range(price_e4: int | None) -> bool:
 # --- orderbook (§7.1) --------------------------------------------------------------------
 
 _SNAPSHOT = "orderbook_snapshot"
+_SIZE_E2: Final = itemgetter(1)
 
 
 def _levels(
@@ -103,27 +99,36 @@ def _levels(
     cents: tuple[tuple[int, int], ...] | None,
     side: str,
     flip: bool,
-) -> tuple[Level, ...]:
-    """One side of a snapshot, newest representation present, ascending by (converted) price."""
-    if fp is not None:
-        field = f"{side}_dollars_fp"
-        pairs = [(_price(p, field, _SNAPSHOT), _size(s, field, _SNAPSHOT)) for p, s in fp]
-    elif dollars is not None:
-        field = f"{side}_dollars"
-        pairs = [(_price(p, field, _SNAPSHOT), count_to_size(c)) for p, c in dollars]
-    elif cents is not None:
-        pairs = [(cents_to_price(p), count_to_size(c)) for p, c in cents]
+) -> list[tuple[int, int]]:
+    """One side of a snapshot as (price_e4, size_e2) pairs from the newest representation
+    present, ascending by (converted) price; one loop, no helper call per level."""
+    if fp is None and dollars is None:
+        pairs = [(cents_to_price(p), count_to_size(c)) for p, c in cents or ()]
     else:
-        return ()
+        levels: Iterable[tuple[str, Any]] = fp if fp is not None else dollars or ()
+        size_of: Callable[[Any], int] = parse_size if fp is not None else count_to_size
+        lookup, pairs = lookup_price_e4, []
+        try:
+            for price_text, size in levels:
+                price_e4 = lookup(price_text)
+                price_e4 = parse_price(price_text) if price_e4 is None else price_e4
+                pairs.append((price_e4, size_of(size)))
+        except ValueError as exc:
+            field = f"{side}_dollars_fp" if fp is not None else f"{side}_dollars"
+            raise _invalid(_SNAPSHOT, field, exc) from exc
     if flip:
         pairs = [(ONE_DOLLAR_E4 - p, s) for p, s in pairs]
     pairs.sort()
-    return tuple(Level(p, s) for p, s in pairs)
+    return pairs
 
 
-def _book_flags(levels: tuple[Level, ...]) -> tuple[Flag, ...]:
-    out_of_range = any(_out_of_range(level.price_e4) for level in levels)
-    negative = any(level.size_e2 < 0 for level in levels)
+def _book_flags(*sides: list[tuple[int, int]]) -> tuple[Flag, ...]:
+    """Flags of a snapshot from its sides' ascending (price_e4, size_e2) pairs."""
+    out_of_range = negative = False
+    for pairs in sides:
+        if pairs:
+            out_of_range = out_of_range or pairs[0][0] < 0 or pairs[-1][0] > ONE_DOLLAR_E4
+            negative = negative or min(map(_SIZE_E2, pairs)) < 0
     if not (out_of_range or negative):
         return ()
     if not negative:
@@ -133,17 +138,17 @@ def _book_flags(levels: tuple[Level, ...]) -> tuple[Flag, ...]:
 
 def _snapshot(frame: OrderbookSnapshot, receive_ts_ns: int, flip: bool) -> BookSnapshot:
     msg = frame.msg
-    yes_bids = _levels(msg.yes_dollars_fp, msg.yes_dollars, msg.yes, "yes", False)
-    no_bids = _levels(msg.no_dollars_fp, msg.no_dollars, msg.no, "no", flip)
+    yes = _levels(msg.yes_dollars_fp, msg.yes_dollars, msg.yes, "yes", False)
+    no = _levels(msg.no_dollars_fp, msg.no_dollars, msg.no, "no", flip)
     return BookSnapshot(
         market=msg.market_ticker,
         market_id=msg.market_id or None,
         receive_ts_ns=receive_ts_ns,
         sid=frame.sid,
         seq=frame.seq,
-        flags=_book_flags((*yes_bids, *no_bids)),
-        yes_bids=yes_bids,
-        no_bids=no_bids,
+        flags=_book_flags(yes, no),
+        yes_bids=tuple(starmap(Level, yes)),
+        no_bids=tuple(starmap(Level, no)),
     )
 
 

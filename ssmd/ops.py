@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from ssmd.logs import get_logger
 from ssmd.session import KalshiSession
-from ssmd.session_events import SessionStats, SubscriptionState
+from ssmd.session_events import UNTYPED, SessionStats, SubscriptionState
 from ssmd.transport.base import TransportStats
 from ssmd.transport.nats import NatsTransport
 from ssmd.transport.nats_core import HistogramSnapshot, LinkState
@@ -199,6 +199,12 @@ class ConnectorCollector(Collector):
 
         yield _counter(
             "frames_received", "Frames received from the exchange", totals.frames_received
+        )
+        yield _labelled_counter(
+            "frames_received_by_type",
+            f"Frames received from the exchange by wire type ({UNTYPED}: no readable type)",
+            "type",
+            totals.frames_by_type,
         )
         yield _counter("gaps", "Sequence gaps detected (PROTOCOL.md §4.3)", totals.gaps)
         yield _counter("resyncs", "Books rebuilt after a gap (§4.3)", totals.resyncs)

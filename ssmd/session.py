@@ -29,6 +29,7 @@ from ssmd.messages import (
 from ssmd.normalize import NORMALIZER_BY_FRAME_TYPE
 from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent, Trade
 from ssmd.session_events import (
+    UNTYPED,
     DuplicateFrame,
     ExchangeError,
     MalformedFrame,
@@ -256,8 +257,11 @@ class KalshiSession:
         try:
             frame = self._decode(data)
         except FrameDecodeError as exc:
+            stats.frames_by_name[exc.type_name or UNTYPED] += 1
             self._reject(exc, data)
             return None
+        frame_type = type(frame)
+        stats.frames_by_class[frame_type] += 1  # every frame class is a key (SessionStats)
         sid = frame.sid
         seq = frame.seq
         if sid is not None and seq is not None:
@@ -266,7 +270,7 @@ class KalshiSession:
                 last_seq[sid] = seq
             elif not self._accept_seq(sid, seq, receive_ts_ns):
                 return None
-        normalizer = _NORMALIZER_BY_FRAME_TYPE_GET(type(frame))
+        normalizer = _NORMALIZER_BY_FRAME_TYPE_GET(frame_type)
         if normalizer is None:
             self._receive_control(frame, receive_ts_ns)
             return None
@@ -277,7 +281,7 @@ class KalshiSession:
             self._reject(exc, data)
             return None
         if type(record) is BookDelta:
-            result = self.books.apply(record)
+            result = self.books.apply_delta(record)
             if result is not _APPLIED:
                 record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
             if self._top is not None:

@@ -8,7 +8,7 @@ import enum
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from ssmd.messages import Channel
+from ssmd.messages import CONTROL_FRAME_TYPES, DATA_FRAME_TYPES, Channel, frame_type_name
 from ssmd.records import Status, Top
 
 
@@ -205,8 +205,20 @@ SessionEvent = (
 )
 
 
+UNTYPED = "untyped"  # frames_by_type key of a frame whose `type` could not be read
+
+
+def _frames_by_class() -> dict[type, int]:
+    return dict.fromkeys((*CONTROL_FRAME_TYPES, *DATA_FRAME_TYPES), 0)
+
+
 @dataclass
 class SessionStats:
+    """A session's counters. Frames by wire type: decoded frames are counted by their class
+    (`frames_by_class`, every frame class present: one increment on the hot path, no name
+    lookup), the others by name (`frames_by_name`: unsupported types, undecodable frames by
+    the type they named or UNTYPED); `frames_by_type` reads both by name."""
+
     frames_received: int = 0
     records_out: int = 0
     gaps: int = 0
@@ -215,6 +227,18 @@ class SessionStats:
     resyncs: int = 0
     unsupported_by_type: Counter[str] = field(default_factory=Counter)
     malformed_by_reason: Counter[str] = field(default_factory=Counter)
+    frames_by_class: dict[type, int] = field(default_factory=_frames_by_class)
+    frames_by_name: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def frames_by_type(self) -> Counter[str]:
+        """Frames received by wire `type` (they sum to frames_received); types never seen are
+        left out."""
+        counts = Counter(self.frames_by_name)
+        for frame_class, count in self.frames_by_class.items():
+            if count:
+                counts[frame_type_name(frame_class)] += count
+        return counts
 
     def add(self, other: SessionStats) -> None:
         """Fold another session's counters into these (totals across reconnects)."""
@@ -226,6 +250,9 @@ class SessionStats:
         self.resyncs += other.resyncs
         self.unsupported_by_type.update(other.unsupported_by_type)
         self.malformed_by_reason.update(other.malformed_by_reason)
+        for frame_class, count in other.frames_by_class.items():
+            self.frames_by_class[frame_class] = self.frames_by_class.get(frame_class, 0) + count
+        self.frames_by_name.update(other.frames_by_name)
 
 
 class RecentIds:

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssmd.bench.harness import QUICK, Bench, ssmd_environment
+from ssmd.bench.harness import Bench
 from ssmd.bench.measure import (
     LatencyFigures,
     LineCounter,
+    MicroFigures,
     ProcReadError,
     Sample,
+    StageFigures,
+    TypeFigures,
     latency_figures,
     parse_proc_stat_cpu_ticks,
     parse_proc_status_kb,
@@ -26,6 +29,7 @@ from ssmd.bench.measure import (
     read_peak_rss_kb,
     window_figures,
 )
+from ssmd.bench.micro import MicroSettings, build_tape, run_micro
 from ssmd.bench.references import naive_record, subscribe_commands
 from ssmd.bench.report import (
     BenchReport,
@@ -34,8 +38,11 @@ from ssmd.bench.report import (
     RunResult,
     Sink,
     render_json,
+    render_micro,
     render_table,
+    targets,
 )
+from ssmd.bench.settings import BENCH_MIX, QUICK, ssmd_environment
 from ssmd.config import NatsTransportSettings, load_environment
 
 # A /proc/PID/stat line whose command name holds a space and a ')' (fields counted from the
@@ -122,14 +129,23 @@ def _report() -> BenchReport:
         settings={"markets": 1000},
     )
 
-    def run(pipeline: Pipeline, sink: Sink, fps: int, us: float) -> RunResult:
+    def run(
+        pipeline: Pipeline, sink: Sink, fps: int, us: float, sim_us: float | None = None
+    ) -> RunResult:
         window = window_figures(Sample(0.0, 0, 0), Sample(1.0, fps, round(fps * us / 10_000)))
         return RunResult(
-            pipeline, sink, RunPurpose.THROUGHPUT, 1000, None, window=window, peak_rss_kb=71_680
+            pipeline,
+            sink,
+            RunPurpose.THROUGHPUT,
+            1000,
+            None,
+            window=window,
+            peak_rss_kb=71_680,
+            simulator_cpu_us_per_frame=sim_us,
         )
 
     report.runs += [
-        run(Pipeline.SSMD, Sink.JETSTREAM, 20_000, 20.0),
+        run(Pipeline.SSMD, Sink.JETSTREAM, 20_000, 20.0, 6.5),
         run(Pipeline.CEILING, Sink.JETSTREAM, 25_000, 10.0),
         run(Pipeline.NAIVE, Sink.JETSTREAM, 2_000, 100.0),
         RunResult(
@@ -163,14 +179,54 @@ def test_table_shows_every_figure() -> None:
         for line in table.splitlines()
         if line.startswith("| ")
     ]
-    # pipeline, sink, frames/s, CPU µs/frame, CPU-bound frames/s, CPU cores, peak RSS MB
-    assert ["ssmd", "jetstream", "20,000", "20.0", "50,000", "0.40", "70.0"] in rows
-    assert ["naive", "file", "failed: boom", "", "", "", ""] in rows
+    # pipeline, sink, frames/s, CPU µs/frame, CPU-bound frames/s, CPU cores, peak RSS MB,
+    # simulator µs/frame
+    assert ["ssmd", "jetstream", "20,000", "20.0", "50,000", "0.40", "70.0", "6.5"] in rows
+    assert ["ceiling", "jetstream", "25,000", "10.0", "100,000", "0.25", "70.0", "-"] in rows
+    assert ["naive", "file", "failed: boom", "", "", "", "", ""] in rows
     # pipeline, offered, achieved, p50, p99, p99.9, max (ms), samples
     assert ["ssmd", "5,000", "5,000", "2.00", "4.00", "4.00", "4.00", "3"] in rows
     assert ["1,000", "70.0", "20,000"] in rows  # ssmd's peak RSS table
     assert "ssmd/naive jetstream frames/s" in table
     assert "- the simulator is the limit" in table
+
+
+def _micro(decode_normalize_us: float) -> MicroFigures:
+    stage = StageFigures(best_us=decode_normalize_us - 0.1, median_us=decode_normalize_us)
+    return MicroFigures(
+        frames=1000,
+        repetitions=3,
+        mean_frame_bytes=320.0,
+        decode=StageFigures(0.5, 0.55),
+        decode_normalize=stage,
+        session=StageFigures(3.5, 3.6),
+        by_type=(TypeFigures("orderbook_delta", 600, 0.6, 0.4, 1.2, 2.8),),
+    )
+
+
+def test_targets_say_what_was_met_and_what_was_not_measured() -> None:
+    report = _report()
+    report.micro = _micro(2.4)
+    got = {target.target: (target.measured, target.met) for target in targets(report)}
+    assert got == {
+        "ssmd >= 0.9 x the ceiling loop to acked JetStream": (
+            "0.80 by frames/s, 0.50 by CPU per frame",
+            False,
+        ),
+        "ssmd >= 10 x the naive pipeline": ("10.00 by frames/s, 5.00 by CPU per frame", True),
+        "p99 frame -> JetStream < 5 ms at 5,000 frames/s": ("4.00 ms (p99.9 4.00 ms)", True),
+        "peak RSS < 150 MB with 10,000 markets": ("-", None),
+        "decode + normalize <= 2 µs per frame on the mix": (
+            "2.40 µs (decode alone 0.55; with the session's seq, book and dedupe work 3.60)",
+            False,
+        ),
+    }
+    table = render_table(report)
+    assert "| decode + normalize <= 2 µs per frame on the mix   | 2.40 µs" in table
+    assert "| peak RSS < 150 MB with 10,000 markets             | -" in table
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    assert ["decode + normalize", "2.30", "2.40"] in rows  # the micro-bench's stages
+    assert ["orderbook_delta", "60.0", "0.40", "1.20", "2.80"] in rows  # and its wire types
 
 
 def test_json_has_runs_ratios_and_derived_figures() -> None:
@@ -185,6 +241,27 @@ def test_json_has_runs_ratios_and_derived_figures() -> None:
     assert document["runs"][3]["latency"]["p99_us"] == 4_000.0
     assert document["runs"][4]["error"] == "boom"
     assert document["ratios"]["ssmd/naive jetstream frames/s"] == pytest.approx(10.0)
+    assert document["runs"][0]["simulator_cpu_us_per_frame"] == 6.5
+    assert document["micro"] is None  # not measured in this report
+    assert [t["met"] for t in document["targets"]] == [False, True, True, None, None]
+
+
+def test_micro_bench_builds_the_mix_with_the_simulator_and_times_every_stage() -> None:
+    settings = MicroSettings(frames=3_000, repetitions=1, markets=30, mix=BENCH_MIX)
+    tape = build_tape(settings)
+    assert tape.frames == build_tape(settings).frames  # seeded: the same frames every time
+    assert len(tape.frames) == len(tape.types) == 3_000
+    figures = run_micro(settings, tape=tape)
+    assert (figures.frames, figures.repetitions) == (3_000, 1)
+    by_type = {t.type_name: t for t in figures.by_type}
+    assert set(by_type) == {"orderbook_delta", "ticker", "trade", "orderbook_snapshot"}
+    assert sum(t.frames for t in figures.by_type) == 3_000
+    assert by_type["orderbook_delta"].share == pytest.approx(0.6, abs=0.05)
+    assert by_type["orderbook_snapshot"].share == pytest.approx(0.05, abs=0.02)
+    for stage in (figures.decode, figures.decode_normalize, figures.session):
+        assert 0 < stage.best_us <= stage.median_us
+    assert all(t.decode_us > 0 and t.session_us > 0 for t in figures.by_type)
+    assert render_micro(figures)[0].startswith("Decode + normalize in process")
 
 
 def test_reference_subscribes_match_ssmds() -> None:
@@ -260,6 +337,8 @@ async def test_tiny_bench_measures_every_pipeline_and_leaves_no_process(tmp_path
         latency_frames_per_s=(500,),
         sinks=(Sink.JETSTREAM,),
         stop_timeout_s=10.0,
+        micro=MicroSettings(frames=500, repetitions=1, markets=20, mix=BENCH_MIX),
+        blast_events=300,
     )
     bench = Bench(settings, tmp_path / "bench", say=lambda line: None)
     report = await bench.run()
@@ -278,7 +357,13 @@ async def test_tiny_bench_measures_every_pipeline_and_leaves_no_process(tmp_path
         assert run.window.frames > 0
         assert run.peak_rss_kb is not None
         assert run.peak_rss_kb > 10_000
+        assert run.simulator_cpu_us_per_frame is not None
     for run in report.runs[3:]:
         assert run.latency is not None
         assert run.latency.samples > 0
-    assert "ssmd/ceiling jetstream frames/s" in render_table(report)
+    assert report.micro is not None
+    assert report.micro.frames == 500
+    assert report.settings["simulator_mix"] == "delta=50,ticker=25,trade=10,snapshot=5"
+    table = render_table(report)
+    assert "ssmd/ceiling jetstream frames/s" in table
+    assert "Targets (issue 7):" in table

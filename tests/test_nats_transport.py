@@ -57,6 +57,9 @@ from ssmd.transport.nats_core import (
     header_value,
     hpub_command,
     parse_pub_ack,
+    record_msg_id,
+    seq_msg_id_prefix,
+    stored_ack_head,
 )
 
 from .conftest import Stored
@@ -218,9 +221,7 @@ def test_parse_pub_ack(data: bytes, headers: dict[str, str] | None, expected: ob
 
 def test_ack_window_settles_in_any_order_and_counts() -> None:
     window = AckWindow(capacity=3)
-    numbers = [
-        window.add((f"s.{k}", b"x" * k, b"", kind, TS, TS)) for k, kind in enumerate("aab", 1)
-    ]
+    numbers = [window.add((f"s.{k}", k, b"", kind, TS, TS)) for k, kind in enumerate("aab", 1)]
     assert numbers == [0, 1, 2]
     assert window.full
     assert window.settle(1, duplicate=False, now_ns=TS)
@@ -232,6 +233,50 @@ def test_ack_window_settles_in_any_order_and_counts() -> None:
     assert stats.records_by_kind == {"a": 2}
     assert (stats.acked, stats.duplicates, stats.pending, stats.bytes_written) == (2, 1, 1, 3)
     assert stats.reconnects == 2
+
+
+def test_stored_acks_settle_together_and_the_rest_are_left_to_parse() -> None:
+    """settle_stored settles `{"stream":<ours>,"seq":N}` (N > 0) exactly as settle() would,
+    and hands back, in order, every ack that needs a real parse."""
+    head = stored_ack_head("S_1")
+    assert head == b'{"stream":"S_1","seq":'
+    fast, slow = AckWindow(capacity=10), AckWindow(capacity=10)
+    for window in (fast, slow):
+        for k in range(6):
+            window.add((f"s.{k}", 10 + k, b"", "ab"[k % 2], TS - 3 * MS, TS - 2 * MS))
+    acks = [
+        (b"0", b'{"stream":"S_1","seq":41}'),
+        (b"1", b'{"stream":"S_1","seq":42,"duplicate":true}'),
+        (b"2", b'{"stream":"OTHER","seq":43}'),
+        (b"3", b'{"stream":"S_1","seq":0}'),
+        (b"4", b'{"stream":"S_1","seq":44}'),
+        (b"9", b'{"stream":"S_1","seq":45}'),  # not pending (a re-send's ack): not counted
+        (b"5", b'{"stream":"S_1","domain":"d","seq":46}'),
+    ]
+    settled, others = fast.settle_stored(acks, head, TS)
+    assert settled == 2
+    assert others == [acks[1], acks[2], acks[3], acks[6]]
+    assert slow.settle(0, duplicate=False, now_ns=TS)
+    assert slow.settle(4, duplicate=False, now_ns=TS)
+    assert fast.stats(reconnects=0) == slow.stats(reconnects=0)
+    assert fast.latency() == slow.latency()
+    assert list(fast.pending) == [1, 2, 3, 5]
+
+
+def test_msg_ids_from_a_market_prefix_are_what_msg_id_for_says() -> None:
+    records = [
+        *one_of_each_kind(),
+        msgspec.structs.replace(one_of_each_kind()[0], sid=None),
+        BookDelta(market="bad\nmarket", receive_ts_ns=TS, sid=1, seq=2, side=Side.NO,
+                  price_e4=100, delta_e2=5),
+    ]  # fmt: skip
+    for record in records:
+        prefix = seq_msg_id_prefix(record)
+        assert record_msg_id(record, prefix) == header_value(msg_id_for(record)), record
+    # Book records of a market header_value keeps as it is have one; no other record does.
+    assert [seq_msg_id_prefix(r) is not None for r in records] == [
+        isinstance(r, BookSnapshot | BookDelta) and r.market.isprintable() for r in records
+    ]
 
 
 def test_ack_window_drop_runs() -> None:
@@ -249,8 +294,8 @@ def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
     window = AckWindow(capacity=10)
     watch = AckWatch(timeout_s=5)
     assert not watch.overdue(window, 0.0)  # nothing pending
-    window.add(("s", b"", b"", "k", TS, TS))
-    window.add(("s", b"", b"", "k", TS, TS))
+    window.add(("s", 0, b"", "k", TS, TS))
+    window.add(("s", 0, b"", "k", TS, TS))
     assert not watch.overdue(window, 100.0)  # first seen now
     assert not watch.overdue(window, 104.9)
     window.settle(0, duplicate=False, now_ns=TS)  # progress: the oldest changed
@@ -299,8 +344,8 @@ def test_latency_histogram_puts_a_bound_in_its_own_bucket_and_sums_exactly() -> 
 def test_ack_window_times_each_ack_from_receive_and_from_publish() -> None:
     window = AckWindow(capacity=4)
     # received at TS, handed to the transport 2 ms later, acked 3 ms after that
-    window.add(("s", b"x", b"", "trade", TS, TS + 2 * MS))
-    window.add(("s", b"x", b"", "trade", TS + MS, TS + 2 * MS))
+    window.add(("s", 1, b"", "trade", TS, TS + 2 * MS))
+    window.add(("s", 1, b"", "trade", TS + MS, TS + 2 * MS))
     assert window.settle(0, duplicate=False, now_ns=TS + 5 * MS)
     assert window.settle(1, duplicate=True, now_ns=TS + 6 * MS)
     assert not window.settle(1, duplicate=False, now_ns=TS + 9 * MS)  # a re-send's ack: not timed
@@ -352,7 +397,7 @@ async def test_acks_are_routed_from_the_parser_however_the_reads_are_cut(
 ) -> None:
     client = AckClient()  # not connected: only its parser runs
     received: list[tuple[bytes, bytes]] = []
-    client.route_acks("_INBOX.abc", 5, lambda n, data: received.append((n, data)))
+    client.route_acks("_INBOX.abc", 5, received.extend)
 
     def ack(n: int, body: bytes) -> bytes:
         return b"MSG _INBOX.abc.%d 5 %d\r\n%s\r\n" % (n, len(body), body)

@@ -5,7 +5,9 @@ subscriptions and the NATS link, /health turns 503 when the exchange goes silent
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from ssmd.natsserver import NatsServer
 from ssmd.ops import ActivityWatch, latency_histogram, parse_address, rest_metrics
 from ssmd.runner import Connector
 from ssmd.session import KalshiSession
-from ssmd.session_events import SessionStats
+from ssmd.session_events import UNTYPED, SessionStats
 from ssmd.transport.nats import NatsTransport
 from ssmd.transport.nats_core import LATENCY_BOUNDS_NS, LatencyHistogram
 
@@ -151,6 +153,14 @@ async def test_metrics_agree_with_simulator_and_stream_ready_follows_nats(
 
         await wait_until(settled, "every sent frame received and acked")
         metrics = await scrape(http)
+        by_type = {
+            name.removeprefix("ssmd_frames_received_by_type_total{type=").removesuffix("}"): value
+            for name, value in metrics.items()
+            if name.startswith("ssmd_frames_received_by_type_total{")
+        }
+        sent_by_type = Counter(json.loads(frame.data)["type"] for frame in simulator.sent)
+        assert by_type == sent_by_type
+        assert sum(by_type.values()) == metrics["ssmd_frames_received_total"] == sent
         nc = await nats.connect(nats_server.url)
         try:
             stored = (await nc.jetstream().stream_info(transport.stream_name)).state.messages
@@ -297,6 +307,42 @@ def test_session_stats_add_up_across_reconnects() -> None:
     total.add(second.stats)
     assert total.frames_received == 15
     assert total.malformed_by_reason == {"invalid_json": 3}
+
+
+def test_frames_by_type_count_every_frame_once_across_reconnects() -> None:
+    """Decoded frames by their type, unsupported and undecodable ones by the type they named
+    (or `untyped`): the counts always sum to frames_received, also after SessionStats.add."""
+    subscribed = b'{"type":"subscribed","id":1,"msg":{"channel":"trade","sid":1}}'
+    trade = (
+        b'{"type":"trade","sid":1,"seq":%d,"msg":{"trade_id":"t%d","market_ticker":"M",'
+        b'"yes_price_dollars":"0.4000","no_price_dollars":"0.6000","count_fp":"1.00"}}'
+    )
+    first = _session("c/1")
+    for data in (
+        subscribed,
+        trade % (1, 1),
+        trade % (2, 2),
+        b'{"type":"fill","sid":9,"msg":{}}',  # a private channel: unsupported
+        b'{"type":"trade","sid":1,"seq":3,"msg":{"market_ticker":7}}',  # invalid fields
+        b"not json",
+        b'{"type":"trade","sid":1,"seq":3,"msg":{"market_ticker":"M","yes_price_dollars":"x",'
+        b'"no_price_dollars":"0.6000","count_fp":"1.00"}}',  # decodes, fails to normalize
+    ):
+        first.receive_frame(data, 1)
+    second = _session("c/2")
+    second.receive_frame(subscribed, 2)
+    second.receive_frame(trade % (1, 3), 2)
+    assert first.stats.frames_by_type == {
+        "subscribed": 1,
+        "trade": 4,
+        "fill": 1,
+        UNTYPED: 1,
+    }
+    total = SessionStats()
+    total.add(first.stats)
+    total.add(second.stats)
+    assert total.frames_by_type == {"subscribed": 2, "trade": 5, "fill": 1, UNTYPED: 1}
+    assert sum(total.frames_by_type.values()) == total.frames_received == 9
 
 
 def test_activity_watch_counts_the_start_and_each_change() -> None:

@@ -10,8 +10,9 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ssmd.bench.harness import FULL, QUICK, Bench
+from ssmd.bench.harness import Bench
 from ssmd.bench.report import BenchReport, Pipeline, render_json, render_table
+from ssmd.bench.settings import FULL, QUICK
 
 DEFAULT_JSON = Path("var/bench/latest.json")
 

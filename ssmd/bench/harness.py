@@ -30,6 +30,8 @@ from nats.js import api as js_api
 
 from ssmd.auth import generate_private_key, public_key_pem
 from ssmd.bench.measure import (
+    CLOCK_TICKS_PER_S,
+    US_PER_S,
     LineCounter,
     ProcReadError,
     Sample,
@@ -38,57 +40,22 @@ from ssmd.bench.measure import (
     read_peak_rss_kb,
     window_figures,
 )
+from ssmd.bench.micro import run_micro
 from ssmd.bench.references import HEADER_RECEIVE_TS_NS
 from ssmd.bench.report import BenchReport, Pipeline, RunPurpose, RunResult, Sink
+from ssmd.bench.settings import (
+    FRAMES_PER_EVENT,
+    KEY_ID_ENV,
+    KEY_PEM_ENV,
+    SIM_SEED,
+    BenchSettings,
+    ssmd_environment,
+)
 from ssmd.errors import SsmdError
 from ssmd.exchange.market import MarketGenerator
 from ssmd.natsserver import NatsServer, free_port
 
-# One market event is one frame, except a trade (10 % of events), which is a trade frame and
-# the orderbook_delta of the liquidity it took: 1.1 frames per event on the default mix.
-FRAMES_PER_EVENT = 1.1
-_SIM_SEED = 1
-_KEY_ID_ENV = "SSMD_BENCH_KEY_ID"
-_KEY_PEM_ENV = "SSMD_BENCH_PRIVATE_KEY"
 _POLL_S = 0.05
-_CHANNELS = ["orderbook_delta", "ticker", "trade", "market_lifecycle_v2"]
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    mode: str
-    warmup_s: float
-    window_s: float
-    latency_frames_per_s: tuple[int, ...]
-    memory_markets: tuple[int, ...]  # extra ssmd-only runs for peak RSS
-    markets: int = 1000
-    start_timeout_s: float = 60.0  # first frame at the sink (10,000 snapshots take a while)
-    stop_timeout_s: float = 20.0  # SIGTERM → exit (ssmd drains and waits for acks), then kill
-    pipelines: tuple[Pipeline, ...] = (Pipeline.SSMD, Pipeline.CEILING, Pipeline.NAIVE)
-    sinks: tuple[Sink, ...] = tuple(Sink)
-    # Run beside ssmd into JetStream only (throughput and latency): e.g. SSMD_PICOWS.
-    jetstream_extras: tuple[Pipeline, ...] = ()
-
-    def pipelines_for(self, sink: Sink) -> list[Pipeline]:
-        """The pipelines measured into `sink`, the extras right after ssmd."""
-        out: list[Pipeline] = []
-        for pipeline in self.pipelines:
-            out.append(pipeline)
-            if pipeline is Pipeline.SSMD and sink is Sink.JETSTREAM:
-                out += self.jetstream_extras
-        return out
-
-
-QUICK = BenchSettings(
-    mode="quick", warmup_s=1.0, window_s=2.0, latency_frames_per_s=(5000,), memory_markets=()
-)
-FULL = BenchSettings(
-    mode="full",
-    warmup_s=3.0,
-    window_s=8.0,
-    latency_frames_per_s=(1000, 5000, 20000),
-    memory_markets=(10_000,),
-)
 
 
 class BenchRunError(SsmdError):
@@ -190,8 +157,10 @@ class Bench:
                 "markets": settings.markets,
                 "warmup_s": settings.warmup_s,
                 "window_s": settings.window_s,
-                "frames_per_event": FRAMES_PER_EVENT,
-                "simulator_seed": _SIM_SEED,
+                "frames_per_event": round(FRAMES_PER_EVENT, 4),
+                "simulator_seed": SIM_SEED,
+                "simulator_mix": settings.mix_spec,
+                "simulator_blast_events": settings.blast_events,
             },
         )
 
@@ -207,6 +176,16 @@ class Bench:
         )
         self._private_key_path.write_bytes(self._key_pem)
         self._public_key_path.write_bytes(public_key_pem(key.public_key()))
+        micro = self.settings.micro
+        if micro is not None:  # first, alone: nothing else of the bench runs meanwhile
+            self._say(f"bench: decode + normalize in process, {micro.frames:,} frames ...")
+            started_s = time.monotonic()
+            self.report.micro = run_micro(micro)
+            figures = self.report.micro
+            self._say(
+                f"bench:   decode + normalize {figures.decode_normalize.median_us:.2f} µs/frame,"
+                f" session {figures.session.median_us:.2f} ({time.monotonic() - started_s:.1f} s)"
+            )
         self._nats = NatsServer(self.workdir / "nats", port=0)
         try:
             await self._nats.start()
@@ -285,25 +264,30 @@ class Bench:
                 )
             )
         rate_events = 0.0 if offered is None else offered / FRAMES_PER_EVENT
-        tickers = MarketGenerator(markets, _SIM_SEED).tickers
+        tickers = MarketGenerator(markets, SIM_SEED).tickers
         markets_file = run_dir / "markets.txt"
         markets_file.write_text("\n".join(tickers) + "\n")
         consumer: LatencyConsumer | None = None
         try:
-            url = await self._start_simulator(run_dir, markets, rate_events)
+            url, simulator = await self._start_simulator(run_dir, markets, rate_events)
             process = await self._start_pipeline(
                 pipeline, sink, run_dir, url, tickers, markets_file, prefix, stream
             )
             try:
                 counter = self._counter(sink, stream, run_dir / "records")
-                await self._wait_for_first(counter, process, run_dir)
+                # In blast mode the data starts once the simulator built its tapes: past the
+                # subscribe snapshots (one record per market, a few status records).
+                flowing = 2 * markets if offered is None and self.settings.blast_events else 0
+                await self._wait_for(counter, flowing, process, run_dir)
                 await asyncio.sleep(self.settings.warmup_s)
                 if purpose is RunPurpose.LATENCY:
                     consumer = LatencyConsumer()
                     await consumer.start(self._nc, f"{prefix}.>")
                 start = await self._sample(counter, process)
+                simulator_ticks = read_cpu_ticks(simulator.pid)
                 await asyncio.sleep(self.settings.window_s)
                 end = await self._sample(counter, process)
+                simulator_ticks = read_cpu_ticks(simulator.pid) - simulator_ticks
                 latencies = await consumer.stop() if consumer is not None else []
                 peak_rss_kb = read_peak_rss_kb(process.pid)
             finally:
@@ -314,6 +298,7 @@ class Bench:
                 with contextlib.suppress(nats.errors.Error):
                     await jsm.delete_stream(stream)
             shutil.rmtree(run_dir, ignore_errors=True)
+        frames = end.frames - start.frames
         return RunResult(
             pipeline,
             sink,
@@ -323,6 +308,9 @@ class Bench:
             window=window_figures(start, end),
             peak_rss_kb=peak_rss_kb,
             latency=latency_figures(latencies),
+            simulator_cpu_us_per_frame=(
+                simulator_ticks / CLOCK_TICKS_PER_S * US_PER_S / frames if frames > 0 else None
+            ),
         )
 
     def _counter(self, sink: Sink, stream: str, records_dir: Path) -> Callable[[], Awaitable[int]]:
@@ -348,20 +336,22 @@ class Bench:
         frames = await counter()
         return Sample(time.monotonic(), frames, read_cpu_ticks(process.pid))
 
-    async def _wait_for_first(
+    async def _wait_for(
         self,
         counter: Callable[[], Awaitable[int]],
+        beyond: int,
         process: asyncio.subprocess.Process,
         run_dir: Path,
     ) -> None:
+        """Until more than `beyond` records reached the sink."""
         deadline = time.monotonic() + self.settings.start_timeout_s
-        while await counter() == 0:
+        while await counter() <= beyond:
             if process.returncode is not None:
                 log_tail = _tail(run_dir / "pipeline.log")
                 raise BenchRunError(f"the pipeline exited with {process.returncode}: {log_tail}")
             if time.monotonic() > deadline:
                 raise BenchRunError(
-                    f"nothing reached the sink in {self.settings.start_timeout_s} s"
+                    f"not {beyond + 1} records at the sink in {self.settings.start_timeout_s} s"
                 )
             await asyncio.sleep(_POLL_S)
 
@@ -381,8 +371,13 @@ class Bench:
         self._children.processes.append(process)
         return process
 
-    async def _start_simulator(self, run_dir: Path, markets: int, rate_events: float) -> str:
+    async def _start_simulator(
+        self, run_dir: Path, markets: int, rate_events: float
+    ) -> tuple[str, asyncio.subprocess.Process]:
+        """`ssmd exchange` with the bench's mix; flat out (rate 0) in blast mode. Returns its
+        URL once it accepts connections, and its process."""
         port = free_port()
+        blast = self.settings.blast_events if rate_events == 0 else 0
         command = [
             *_python_command("ssmd.cli import toolbox_main"),
             "exchange",
@@ -393,9 +388,12 @@ class Bench:
             "--rate",
             f"{rate_events:.3f}",
             "--seed",
-            str(_SIM_SEED),
+            str(SIM_SEED),
             "--public-key",
             f"{self._key_id}={self._public_key_path}",
+            "--mix",
+            self.settings.mix_spec,
+            *(["--blast", str(blast)] if blast else []),
         ]
         process = await self._spawn(command, run_dir / "exchange.log")
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -410,7 +408,7 @@ class Bench:
                 await asyncio.sleep(_POLL_S)
                 continue
             writer.close()
-            return f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+            return f"ws://127.0.0.1:{port}/trade-api/ws/v2", process
 
     async def _start_pipeline(
         self,
@@ -435,7 +433,7 @@ class Bench:
                 environment["exchange"]["client"] = "picows"
             env_path.write_text(yaml.safe_dump(environment, sort_keys=False))
             command = [*_python_command("ssmd.cli import connector_main"), "--env", str(env_path)]
-            env = {_KEY_ID_ENV: self._key_id, _KEY_PEM_ENV: self._key_pem.decode()}
+            env = {KEY_ID_ENV: self._key_id, KEY_PEM_ENV: self._key_pem.decode()}
             return await self._spawn(command, log_path, env)
         command = [
             sys.executable,
@@ -475,43 +473,6 @@ class Bench:
     async def _stop_simulators(self) -> None:
         for process in list(self._children.processes):
             await self._stop(process)
-
-
-def ssmd_environment(
-    url: str,
-    tickers: list[str],
-    sink: Sink,
-    nats_url: str,
-    prefix: str,
-    stream: str,
-    records_dir: Path,
-) -> dict[str, Any]:
-    """The environment YAML (as a dict) of one ssmd run: defaults except where the bench must
-    say where to connect and publish; the key comes from environment variables."""
-    transport: dict[str, Any]
-    if sink is Sink.FILE:
-        transport = {
-            "kind": "file",
-            "dir": str(records_dir),
-            "rotate_max_bytes": 1 << 40,  # no rotation while the bench counts lines
-            "rotate_interval_s": 86_400,
-        }
-    else:
-        transport = {
-            "kind": "nats",
-            "servers": [nats_url],
-            "subject_prefix": prefix,
-            "stream": {"name": stream},
-        }
-    return {
-        "name": "bench",
-        "exchange": {"ws_url": url},
-        "credentials": {"key_id_env": _KEY_ID_ENV, "private_key_env": _KEY_PEM_ENV},
-        "subscription": {"channels": _CHANNELS, "markets": tickers, "use_yes_price": True},
-        "transport": transport,
-        "runtime": {"summary_interval_s": 0},
-        "log": {"level": "warning", "format": "json"},
-    }
 
 
 def _tail(path: Path, lines: int = 5) -> str:

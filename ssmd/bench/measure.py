@@ -167,3 +167,39 @@ class LineCounter:
             self._lines += data.count(b"\n", 0, whole)
             self._offsets[path] = offset + whole
         return self._lines
+
+
+@dataclass(frozen=True)
+class StageFigures:
+    """CPU µs per frame of one in-process stage: the best and the median repetition."""
+
+    best_us: float
+    median_us: float
+
+
+@dataclass(frozen=True)
+class TypeFigures:
+    """One wire type of the micro-bench's frames (median repetitions, CPU µs per frame).
+    `session_us` is receive_frame as a whole (decode, normalize, seq, books, dedupe), timed per
+    call with the timer's own cost subtracted; decode and normalize are timed in batches."""
+
+    type_name: str
+    frames: int
+    share: float
+    decode_us: float
+    normalize_us: float
+    session_us: float
+
+
+@dataclass(frozen=True)
+class MicroFigures:
+    """The in-process micro-bench: decode alone, decode + normalize, and the session's
+    receive_frame (decode + normalize + seq check + books + trade dedupe) on the same frames."""
+
+    frames: int
+    repetitions: int
+    mean_frame_bytes: float
+    decode: StageFigures
+    decode_normalize: StageFigures
+    session: StageFigures
+    by_type: tuple[TypeFigures, ...]

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ssmd.bench.measure import LatencyFigures, WindowFigures
+from ssmd.bench.measure import LatencyFigures, MicroFigures, WindowFigures
 
 KB_PER_MB = 1024
+_MET = {True: "yes", False: "no", None: "not measured"}
 
 
 class Pipeline(enum.Enum):
@@ -48,6 +49,8 @@ class RunResult:
     peak_rss_kb: int | None = None
     latency: LatencyFigures | None = None
     error: str | None = None  # why the run produced no figures
+    # The simulator's own CPU per frame the pipeline received (is it the bottleneck?).
+    simulator_cpu_us_per_frame: float | None = None
 
     @property
     def peak_rss_mb(self) -> float | None:
@@ -62,6 +65,7 @@ class BenchReport:
     settings: dict[str, float | int | str]
     runs: list[RunResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    micro: MicroFigures | None = None  # the in-process decode + normalize micro-bench
 
     def find(
         self,
@@ -101,6 +105,80 @@ class BenchReport:
         return out
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of issue 7's targets, what this run measured for it, and whether it was met (None:
+    not measured in this run)."""
+
+    target: str
+    measured: str
+    met: bool | None
+
+
+# Issue 7's targets (measured by the bench, never asserted in unit tests).
+TARGET_CEILING_RATIO = 0.9
+TARGET_NAIVE_RATIO = 10.0
+TARGET_P99_MS = 5.0
+TARGET_P99_OFFERED = 5000
+TARGET_RSS_MB = 150.0
+TARGET_RSS_MARKETS = 10_000
+TARGET_DECODE_NORMALIZE_US = 2.0
+
+
+def targets(report: BenchReport) -> list[Target]:
+    """Issue 7's targets against this report's figures."""
+    ratios = report.ratios()
+    out = []
+    for name, wanted, key in (
+        (f"ssmd >= {TARGET_CEILING_RATIO:g} x the ceiling loop to acked JetStream",
+         TARGET_CEILING_RATIO, "ssmd/ceiling jetstream"),
+        (f"ssmd >= {TARGET_NAIVE_RATIO:g} x the naive pipeline",
+         TARGET_NAIVE_RATIO, "ssmd/naive jetstream"),
+    ):  # fmt: skip
+        by_fps, by_cpu = ratios.get(f"{key} frames/s"), ratios.get(f"{key} cpu-bound")
+        measured = f"{_num(by_fps, 2)} by frames/s, {_num(by_cpu, 2)} by CPU per frame"
+        out.append(Target(name, measured, None if by_fps is None else by_fps >= wanted))
+    latency = report.find(
+        Pipeline.SSMD, Sink.JETSTREAM, RunPurpose.LATENCY, offered=TARGET_P99_OFFERED
+    )
+    figures = latency.latency if latency is not None else None
+    out.append(
+        Target(
+            f"p99 frame -> JetStream < {TARGET_P99_MS:g} ms at {TARGET_P99_OFFERED:,} frames/s",
+            "-"
+            if figures is None
+            else f"{figures.p99_us / 1000:.2f} ms (p99.9 {figures.p999_us / 1000:.2f} ms)",
+            None if figures is None else figures.p99_us / 1000 < TARGET_P99_MS,
+        )
+    )
+    memory = report.find(
+        Pipeline.SSMD, Sink.JETSTREAM, RunPurpose.MEMORY, markets=TARGET_RSS_MARKETS
+    )
+    rss_mb = memory.peak_rss_mb if memory is not None else None
+    out.append(
+        Target(
+            f"peak RSS < {TARGET_RSS_MB:g} MB with {TARGET_RSS_MARKETS:,} markets",
+            "-" if rss_mb is None else f"{rss_mb:.1f} MB",
+            None if rss_mb is None else rss_mb < TARGET_RSS_MB,
+        )
+    )
+    micro = report.micro
+    out.append(
+        Target(
+            f"decode + normalize <= {TARGET_DECODE_NORMALIZE_US:g} µs per frame on the mix",
+            "-"
+            if micro is None
+            else f"{micro.decode_normalize.median_us:.2f} µs (decode alone"
+            f" {micro.decode.median_us:.2f}; with the session's seq, book and dedupe work"
+            f" {micro.session.median_us:.2f})",
+            None
+            if micro is None
+            else micro.decode_normalize.median_us <= TARGET_DECODE_NORMALIZE_US,
+        )
+    )
+    return out
+
+
 def _fps(run: RunResult | None) -> float | None:
     return None if run is None or run.window is None else run.window.frames_per_s
 
@@ -121,8 +199,9 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _table(headers: list[str], rows: Iterable[list[str]]) -> list[str]:
-    """A Markdown table (readable as plain text, pasteable into the README)."""
+def _table(headers: list[str], rows: Iterable[list[str]], *, left: int = 1) -> list[str]:
+    """A Markdown table (readable as plain text, pasteable into the README); the first `left`
+    columns are aligned left, the others (figures) right."""
     body = list(rows)
     widths = [
         max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)
@@ -131,7 +210,7 @@ def _table(headers: list[str], rows: Iterable[list[str]]) -> list[str]:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in body:
         cells = [
-            c.rjust(w) if i else c.ljust(w)
+            c.rjust(w) if i >= left else c.ljust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -160,6 +239,7 @@ def render_table(report: BenchReport) -> str:
             "CPU-bound frames/s",
             "CPU cores",
             "peak RSS MB",
+            "simulator µs/frame",
         ],
         (
             [
@@ -170,9 +250,10 @@ def render_table(report: BenchReport) -> str:
                 _num(1_000_000 / us if (us := _us(r)) else None),
                 _num(r.window.cpu_utilisation if r.window else None, 2),
                 _num(r.peak_rss_mb, 1),
+                _num(r.simulator_cpu_us_per_frame, 1),
             ]
             if r.error is None
-            else [r.pipeline.value, r.sink.value, f"failed: {r.error}", "", "", "", ""]
+            else [r.pipeline.value, r.sink.value, f"failed: {r.error}", "", "", "", "", ""]
             for r in throughput
         ),
     )
@@ -228,12 +309,54 @@ def render_table(report: BenchReport) -> str:
             ["markets", "peak RSS MB", "frames/s during the run"],
             ([_num(r.markets), _num(r.peak_rss_mb, 1), _num(_fps(r))] for r in memory),
         )
+    if report.micro is not None:
+        lines += ["", *render_micro(report.micro)]
     ratios = report.ratios()
     lines += ["", "Ratios (>1 means ssmd is ahead):", ""]
     lines += _table(["ratio", "value"], ([name, _num(value, 2)] for name, value in ratios.items()))
+    lines += ["", "Targets (issue 7):", ""]
+    lines += _table(
+        ["target", "this run", "met"],
+        ([t.target, t.measured, _MET[t.met]] for t in targets(report)),
+        left=3,
+    )
     if report.notes:
         lines += ["", "Notes:"] + [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
+
+
+def render_micro(figures: MicroFigures) -> list[str]:
+    """The micro-bench's lines: the three stages on the whole mix, then the wire types."""
+    lines = [
+        f"Decode + normalize in process, CPU µs per frame ({figures.frames:,} frames of the"
+        f" mix, {figures.mean_frame_bytes:,.0f} bytes each on average; best and median of"
+        f" {figures.repetitions}):",
+        "",
+    ]
+    stages = (
+        ("decode", figures.decode),
+        ("decode + normalize", figures.decode_normalize),
+        ("session.receive_frame (+ seq, books, dedupe)", figures.session),
+    )
+    lines += _table(
+        ["stage", "best", "median"],
+        ([name, _num(stage.best_us, 2), _num(stage.median_us, 2)] for name, stage in stages),
+    )
+    lines += ["", "By wire type (median CPU µs per frame; session timed per call):", ""]
+    lines += _table(
+        ["type", "share %", "decode", "normalize", "session.receive_frame"],
+        (
+            [
+                t.type_name,
+                _num(t.share * 100, 1),
+                _num(t.decode_us, 2),
+                _num(t.normalize_us, 2),
+                _num(t.session_us, 2),
+            ]
+            for t in figures.by_type
+        ),
+    )
+    return lines
 
 
 def _latency_cells(figures: LatencyFigures | None) -> list[str]:
@@ -265,6 +388,8 @@ def render_json(report: BenchReport) -> bytes:
             for run in report.runs
         ],
         "ratios": report.ratios(),
+        "micro": msgspec.to_builtins(report.micro),
+        "targets": [msgspec.to_builtins(target) for target in targets(report)],
         "notes": report.notes,
     }
     return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"

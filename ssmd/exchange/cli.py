@@ -25,6 +25,7 @@ from ssmd.auth import generate_private_key, load_public_key_pem
 from ssmd.errors import ConfigError, SsmdError
 from ssmd.exchange.catalog_spec import CatalogSpec
 from ssmd.exchange.churn import CHURN_SYNTAX, parse_churn_spec
+from ssmd.exchange.market import DEFAULT_MIX, EventMix
 from ssmd.exchange.outbound import BackpressurePolicy
 from ssmd.exchange.replay_server import add_replay_arguments, replay_exchange_main
 from ssmd.exchange.schedule import (
@@ -58,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=200.0, help="market events per second, 0 = flat out"
     )
     parser.add_argument("--seed", type=int, default=1, help="RNG seed (default 1)")
+    parser.add_argument(
+        "--mix",
+        metavar="KIND=WEIGHT,...",
+        help="event weights, e.g. delta=50,ticker=25,trade=10,snapshot=5 (kinds: "
+        + ", ".join(MIX_KEYS)
+        + "; left out: 0; a trade also sends its orderbook_delta; snapshot re-sends one"
+        " market's book, a load-mix device). Default: delta=60,ticker=25,trade=10,lifecycle=5",
+    )
+    parser.add_argument(
+        "--blast",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bench mode: build each connection's frames for N events once, then send them in"
+        " a loop as fast as it reads (seqs and trade ids rewritten; --rate unused)",
+    )
     parser.add_argument(
         "--ping-interval",
         type=float,
@@ -141,6 +158,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_replay_arguments(parser)
     return parser
+
+
+# `--mix` keys (ssmd exchange) -> EventMix fields; keys left out weigh 0.
+MIX_KEYS = {
+    "delta": "book_change",
+    "ticker": "ticker_change",
+    "trade": "trade",
+    "lifecycle": "other",
+    "snapshot": "snapshot",
+}
+MIX_SYNTAX = "KIND=WEIGHT,... with KIND in " + ", ".join(MIX_KEYS) + " (left out: 0)"
+
+
+def parse_event_mix(text: str) -> EventMix:
+    """`delta=50,ticker=25,trade=10,snapshot=5` to an EventMix (kinds left out weigh 0). A
+    trade event also sends the orderbook_delta of the liquidity it took."""
+    weights: dict[str, int] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        field = MIX_KEYS.get(key.strip())
+        if not sep or field is None or not value.strip().isdigit() or field in weights:
+            raise ConfigError(
+                f"bad mix entry {part.strip()!r}",
+                source="command line",
+                field="--mix",
+                fix=f"e.g. delta=50,ticker=25,trade=10,snapshot=5 ({MIX_SYNTAX})",
+            )
+        weights[field] = int(value)
+    if sum(weights.values()) <= 0:
+        raise ConfigError(
+            "the weights sum to 0", source="command line", field="--mix", fix=MIX_SYNTAX
+        )
+    return EventMix(**{field: weights.get(field, 0) for field in MIX_KEYS.values()})
 
 
 def parse_rest_rate(tokens_per_s: float | None) -> tuple[float, float] | None:
@@ -247,6 +297,8 @@ def exchange_main(argv: list[str] | None = None) -> int:
             max_markets_per_subscription=_positive(
                 args.max_markets_per_subscription, "--max-markets-per-subscription"
             ),
+            mix=DEFAULT_MIX if args.mix is None else parse_event_mix(args.mix),
+            blast_events=_positive(args.blast or None, "--blast"),
         )
         asyncio.run(_serve(simulator, demo))
     except SsmdError as exc:

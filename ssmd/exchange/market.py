@@ -44,29 +44,28 @@ class TakerBookSide(enum.Enum):
     ASK = "ask"
 
 
-class EventKind(enum.Enum):
+class EventKind(enum.Enum):  # each named after its EventMix field
     BOOK_CHANGE = "book_change"
     TICKER_CHANGE = "ticker_change"
     TRADE = "trade"
     OTHER = "other"
+    SNAPSHOT = "snapshot"  # a load-mix device: see SnapshotResend
 
 
 @dataclass(frozen=True)
 class EventMix:
-    """Relative weights of the event kinds `next_event` draws (any non-negative integers)."""
+    """Relative weights of the event kinds `next_event` draws (non-negative integers); `other`
+    is lifecycle, `snapshot` SnapshotResend (drawn only when > 0: the default stream stays)."""
 
     book_change: int = 60
     ticker_change: int = 25
     trade: int = 10
     other: int = 5
+    snapshot: int = 0
 
     def weights(self) -> list[tuple[EventKind, int]]:
-        return [
-            (EventKind.BOOK_CHANGE, self.book_change),
-            (EventKind.TICKER_CHANGE, self.ticker_change),
-            (EventKind.TRADE, self.trade),
-            (EventKind.OTHER, self.other),
-        ]
+        weights = [(kind, getattr(self, kind.name.lower())) for kind in EventKind]
+        return weights if self.snapshot else weights[:-1]
 
 
 DEFAULT_MIX = EventMix()
@@ -128,7 +127,16 @@ class TickerChange:
     stats: TickerStats
 
 
-MarketEvent = BookChange | Trade | TickerChange | Lifecycle | EventLifecycle
+@dataclass(frozen=True)
+class SnapshotResend:
+    """Re-send `market`'s book as an `orderbook_snapshot` (orderbook sid, next seq, no id,
+    §4.2.8). A bench load-mix device (EventMix.snapshot): a real exchange sends snapshots only
+    on subscribe, get_snapshot or resubscribe."""
+
+    market: str
+
+
+MarketEvent = BookChange | Trade | TickerChange | Lifecycle | EventLifecycle | SnapshotResend
 
 
 class SimMarket:
@@ -249,8 +257,7 @@ class MarketGenerator:
         self._events_announced = 0
         self._revisions = 0
         self._markets: dict[str, SimMarket] = {}
-        for index in range(market_count):
-            market = self._create_market(index)
+        for market in map(self._create_market, range(market_count)):
             self._markets[market.ticker] = market
         self._tickers = list(self._markets)
         self._streaming = set(self._tickers)
@@ -328,19 +335,19 @@ class MarketGenerator:
         self._streaming.discard(ticker)
         self._tickers.remove(ticker)
 
-    def next_event(self, now_ns: int) -> MarketEvent:
-        """Draw one event from the mix and apply it to the market state."""
+    def next_event(self, now_ns: int, tickers: list[str] | None = None) -> MarketEvent:
+        """Draw one event from the mix (for one of `tickers`, default: any streaming market)
+        and apply it to the market state."""
         kind = self._rng.choices(self._kinds, weights=self._kind_weights)[0]
-        market = self._markets[self._rng.choice(self._tickers)]
-        if kind is EventKind.TRADE:
-            trade = self._trade(market)
-            if trade is not None:
-                return trade
-            return self._book_change(market)
+        market = self._markets[self._rng.choice(tickers or self._tickers)]
+        if kind is EventKind.TRADE:  # a book change when no bid rests to trade against
+            return self._trade(market) or self._book_change(market)
         if kind is EventKind.TICKER_CHANGE:
             return TickerChange(market=market.ticker, stats=market.ticker_stats())
         if kind is EventKind.OTHER:
             return self._other(market, now_ns)
+        if kind is EventKind.SNAPSHOT:
+            return SnapshotResend(market.ticker)
         return self._book_change(market)
 
     # -- market creation ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ssmd.exchange.market import (
     MarketEvent,
     Side,
     SimMarket,
+    SnapshotResend,
     TickerChange,
     TickerStats,
     Trade,
@@ -309,6 +310,9 @@ class ExchangeConnection:
             if channel is ExchangeChannel.TICKER and sub.covers(event.market):
                 return [self._ticker(sub, event.stats, now_ns)]
             return []
+        if isinstance(event, SnapshotResend):  # a load-mix device (market.SnapshotResend)
+            covered = channel is ExchangeChannel.ORDERBOOK_DELTA and sub.covers(event.market)
+            return [self._snapshot(sub, event.market, None)] if covered else []
         if channel is ExchangeChannel.MARKET_LIFECYCLE_V2:
             return [self._lifecycle(sub, event)]
         return []

@@ -25,6 +25,7 @@ from websockets.http11 import Request, Response
 
 from ssmd.auth import HEADER_KEY, WS_PATH
 from ssmd.errors import ConfigError
+from ssmd.exchange.blast import Blaster
 from ssmd.exchange.catalog import Catalog
 from ssmd.exchange.catalog_spec import CatalogSpec, build_catalog
 from ssmd.exchange.churn import Churn, ChurnSpec, apply_to_generator, register_catalog
@@ -44,7 +45,7 @@ from ssmd.exchange.faults import (
     TerminateSubscription,
     UnsolicitedSnapshot,
 )
-from ssmd.exchange.market import MarketEvent, MarketGenerator, Trade
+from ssmd.exchange.market import DEFAULT_MIX, EventMix, MarketEvent, MarketGenerator, Trade
 from ssmd.exchange.outbound import (
     BackpressurePolicy,
     ClientLink,
@@ -108,6 +109,8 @@ class ExchangeSimulator:
         churn: ChurnSpec | None = None,
         rest_rate: tuple[float, float] | None = None,
         max_markets_per_subscription: int | None = None,
+        mix: EventMix = DEFAULT_MIX,
+        blast_events: int | None = None,
     ) -> None:
         """`keep_sent=False` keeps no `sent`/`skipped`/`faults`: long runs must not grow them.
         With OVERFLOW, an outbox over `outbox_frames` for `overflow_after_s` gets error 25.
@@ -116,7 +119,9 @@ class ExchangeSimulator:
         `catalog` lists (and streams the active) generated markets besides the simulated ones;
         `churn` creates and retires markets on the clock; `rest_rate` is (tokens_per_s,
         capacity) of one REST bucket, 10 tokens a request (§9.6); past
-        `max_markets_per_subscription` a subscribe or add_markets gets error 26 (§6.6)."""
+        `max_markets_per_subscription` a subscribe or add_markets gets error 26 (§6.6). `mix`
+        weighs the event kinds; `blast_events` N: blast mode (blast.py, flat out, rate_hz
+        unused), every connection loops the frames of N events built once."""
         if rate_hz is not None and rate_hz < 0:
             raise ConfigError(f"must be >= 0, got {rate_hz}", source="exchange", field="rate_hz")
         if outbox_frames < 1:
@@ -125,7 +130,8 @@ class ExchangeSimulator:
             )
         self._auth = RequestAuth(public_keys, clock_ns, max_clock_skew_s=max_clock_skew_s)
         salt = secrets.randbits(128) if trade_id_salt is None else trade_id_salt
-        self._generator = MarketGenerator(market_count, seed, trade_id_salt=salt)
+        self._generator = MarketGenerator(market_count, seed, mix=mix, trade_id_salt=salt)
+        self._blaster = Blaster(self._generator, blast_events, clock_ns) if blast_events else None
         self._rate_hz = rate_hz or None
         self._host = host
         self._requested_port = port
@@ -413,6 +419,8 @@ class ExchangeSimulator:
     async def _receive_loop(self, client: ClientLink) -> None:
         try:
             async for message in client.ws:
+                if self._blaster is not None:
+                    self._blaster.note_command(client.connection_id)
                 async with self._fanout_lock:
                     frames = client.protocol.receive_command(message)
                     await client.deliver(frames)
@@ -422,6 +430,8 @@ class ExchangeSimulator:
     # -- market generator ---------------------------------------------------------------------
 
     async def _run_generator(self) -> None:
+        if self._blaster is not None:  # runs until cancelled (pause, stop)
+            return await self._blaster.run(self._clients.values, self._fanout_lock)
         if self._rate_hz is None:
             while True:
                 await self._produce(_UNPACED_BATCH, batch=_UNPACED_BATCH)

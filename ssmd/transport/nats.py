@@ -17,13 +17,14 @@ from nats.aio.msg import Msg
 from ssmd.config import NatsPayload, NatsTransportSettings, Overflow
 from ssmd.errors import TransportError
 from ssmd.logs import get_logger
-from ssmd.records import Record, record_kind
+from ssmd.records import Record
 from ssmd.retry import RetryPolicy
-from ssmd.subjects import SubjectMapper, msg_id_for
+from ssmd.subjects import SubjectMapper
 from ssmd.transport.base import TransportStats
 from ssmd.transport.nats_client import NATS_ERRORS, AckClient, connect_nats, ensure_stream
 from ssmd.transport.nats_core import (
     CONTENT_TYPES,
+    HPUB_FORMAT,
     AckLatency,
     AckWatch,
     AckWindow,
@@ -32,14 +33,16 @@ from ssmd.transport.nats_core import (
     NatsConnectError,
     NatsTransportError,
     NoJetStream,
+    Parts,
     PubAck,
+    PubAcks,
     StreamMismatch,
     StreamMissing,
     drop_status,
-    header_tail,
-    header_value,
-    hpub_command,
+    hpub_parts,
     parse_pub_ack,
+    record_msg_id,
+    stored_ack_head,
 )
 
 _CLOSE_TIMEOUT_S = 5.0
@@ -79,10 +82,11 @@ class NatsTransport:
         rng = rng or random.Random()
         self._retry = RetryPolicy(settings.reconnect_min_s, settings.reconnect_max_s, rng=rng)
         msgpack = settings.payload is NatsPayload.MSGPACK
-        encoder = msgspec.msgpack.Encoder() if msgpack else msgspec.json.Encoder()
-        self._encode = encoder.encode
+        self._encode_into = (msgspec.msgpack if msgpack else msgspec.json).Encoder().encode_into
+        self._payload = bytearray()  # each record is encoded into it, then copied out
         self._content_type = CONTENT_TYPES[settings.payload]
         self._window = AckWindow(settings.max_pending_acks)
+        self._stored_ack_head = stored_ack_head(self.stream_name)
         self._watch = AckWatch(settings.ack_timeout_s)
         self._drop = settings.overflow is Overflow.DROP
         self._state = LinkState.DOWN
@@ -93,7 +97,7 @@ class NatsTransport:
         self._inbox_len = 0
         self._reply_prefix = b""
         self._max_payload = 1 << 20  # the server's, once connected
-        self._parts: dict[tuple[type, str], tuple[str, bytes, bytes, str]] = {}
+        self._parts: dict[tuple[type, str], Parts] = {}
         self._room = asyncio.Event()  # set when the window has room again
         self._idle = asyncio.Event()  # set when nothing is pending
         self._idle.set()
@@ -215,30 +219,27 @@ class NatsTransport:
     # -- sending and acks --------------------------------------------------------------------
 
     def _entry(self, record: Record, n: int, published_ns: int) -> Entry:
-        """Record `n` as a ready HPUB command (the per-record hot path). The header block is
-        pre-rendered per kind and market; only the Msg-Id and the reply number vary. The
-        entry keeps receive_ts_ns and published_ns for the ack-latency histograms."""
-        key = (type(record), record.market)
-        parts = self._parts.get(key)
+        """Record `n` as a ready HPUB command (the per-record hot path): headers pre-rendered
+        per kind and market (Parts), only the Msg-Id and reply number vary; the entry keeps
+        receive_ts_ns and published_ns for the ack-latency histograms."""
+        parts = self._parts.get(key := (type(record), record.market))
         if parts is None:
-            parts = self._parts[key] = self._render_parts(record)
-        subject, subject_bytes, tail, kind = parts
-        payload = self._encode(record)
-        if len(payload) > self._max_payload:  # can never succeed: fail loudly instead
-            message = f"record refused by the client: MaxPayloadError, {len(payload)} bytes"
+            subject, reply_prefix = self.mapper.subject_for(record), self._reply_prefix
+            parts = self._parts[key] = hpub_parts(record, subject, reply_prefix, self._content_type)
+        subject, head, header_len, tail, kind, id_prefix = parts
+        payload = self._payload
+        self._encode_into(record, payload)  # no new bytes: the command is the only copy
+        payload_len = len(payload)
+        if payload_len > self._max_payload:  # can never succeed: fail loudly instead
+            message = f"record refused by the client: MaxPayloadError, {payload_len} bytes"
             raise NatsTransportError(
                 message, server=self._server, stream=self.stream_name, subject=subject
             )
-        msg_id = header_value(msg_id_for(record))
-        reply = b"%s%d" % (self._reply_prefix, n)
-        command = hpub_command(subject_bytes, reply, msg_id, tail, payload)
-        return subject, payload, command, kind, record.receive_ts_ns, published_ns
-
-    def _render_parts(self, record: Record) -> tuple[str, bytes, bytes, str]:
-        kind = record_kind(record)
-        subject = self.mapper.subject_for(record)
-        tail = header_tail(kind, record.market, self._content_type)
-        return subject, subject.encode(), tail, kind
+        msg_id = record_msg_id(record, id_prefix)
+        header_len += len(msg_id)
+        total_len = header_len + payload_len
+        command = HPUB_FORMAT % (head, n, header_len, total_len, msg_id, tail, payload)
+        return subject, payload_len, command, kind, record.receive_ts_ns, published_ns
 
     async def _enqueue(self, record: Record, published_ns: int) -> None:
         """Add to the window; send now when the link is up (else the re-send will)."""
@@ -286,6 +287,19 @@ class NatsTransport:
         """An ack that came the usual nats-py way (a status reply: it has headers)."""
         n_text = msg.subject[self._inbox_len :].encode()
         self._apply_ack(n_text, parse_pub_ack(msg.data, msg.headers), generation)
+
+    def _apply_acks(self, acks: PubAcks, generation: int) -> None:
+        """The acks of one read (AckParser): the usual ones settled together (settle_stored,
+        one clock read), any other through parse_pub_ack."""
+        window = self._window
+        settled, others = window.settle_stored(acks, self._stored_ack_head, self._clock_ns())
+        for n_text, data in others:
+            self._apply_ack(n_text, parse_pub_ack(data, None), generation)
+        if settled:
+            if not window.pending:
+                self._idle.set()
+            if len(window.pending) < window.capacity:
+                self._room.set()
 
     def _apply_ack(self, n_text: bytes, ack: PubAck | str, generation: int) -> None:
         """Settle (or, for a refusal, declare the link lost) record number `n_text`."""
@@ -365,17 +379,19 @@ class NatsTransport:
             async def receive_ack(msg: Msg) -> None:
                 await self._receive_ack(msg, generation)
 
-            def receive_pub_ack(n_text: bytes, data: bytes) -> None:
-                self._apply_ack(n_text, parse_pub_ack(data, None), generation)
+            def receive_pub_acks(acks: PubAcks) -> None:
+                self._apply_acks(acks, generation)
 
             subscription = await nc.subscribe(f"{inbox}.*", cb=receive_ack)
-            nc.route_acks(inbox, subscription._id, receive_pub_ack)
+            nc.route_acks(inbox, subscription._id, receive_pub_acks)
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
             raise
         self._nc, self._inbox, self._inbox_len = nc, inbox, len(inbox) + 1
-        self._reply_prefix = f"{inbox}.".encode()
+        if self._reply_prefix != (reply_prefix := f"{inbox}.".encode()):  # once: one inbox
+            self._parts.clear()  # they hold the reply prefix
+            self._reply_prefix = reply_prefix
         self._max_payload = nc.max_payload
 
     async def _connect_any(self, generation: int) -> AckClient:
@@ -480,13 +496,5 @@ class NatsTransport:
                 self._connection_lost(self._generation, f"no ack within {timeout_s} s")
 
 
-__all__ = [
-    "LinkState",
-    "NatsConnectError",
-    "NatsTransport",
-    "NatsTransportError",
-    "NoJetStream",
-    "StreamMismatch",
-    "StreamMissing",
-    "connect_nats",
-]
+__all__ = ["LinkState", "NatsConnectError", "NatsTransport", "NatsTransportError"]
+__all__ += ["NoJetStream", "StreamMismatch", "StreamMissing", "connect_nats"]

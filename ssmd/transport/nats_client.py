@@ -25,6 +25,7 @@ from ssmd.transport.nats_core import (
     NatsConnectError,
     NatsTransportError,
     NoJetStream,
+    PubAcks,
     StreamMismatch,
     StreamMissing,
     connect_options,
@@ -41,32 +42,37 @@ _CRLF_LEN = 2
 class AckParser(Parser):
     """nats-py's protocol parser with a fast path for the acks at the front of what was read.
 
-    `MSG <inbox>.<n> <sid> <size>` with our ack subscription's sid is matched with one regex
-    and handed to `on_pub_ack(n, data)` at once; anything else, and a message not yet whole,
-    is left to nats-py's own parse (nats/protocol/parser.py), which continues from there.
+    `MSG <inbox>.<n> <sid> <size>` with our ack subscription's sid is matched with one regex;
+    the acks of one read go to `on_pub_acks([(n, data), ...])` in one call. Anything else, and
+    a message not yet whole, is left to nats-py's own parse (nats/protocol/parser.py), which
+    continues from there.
     """
 
     def __init__(self, nc: Client) -> None:
         super().__init__(nc)
         self.ack_line: re.Pattern[bytes] | None = None
-        self.on_pub_ack: Callable[[bytes, bytes], None] | None = None
+        self.on_pub_acks: Callable[[PubAcks], None] | None = None
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
-        ack_line, on_pub_ack = self.ack_line, self.on_pub_ack
-        if ack_line is not None and on_pub_ack is not None and self.state == AWAITING_CONTROL_LINE:
+        ack_line, on_pub_acks = self.ack_line, self.on_pub_acks
+        if ack_line is not None and on_pub_acks is not None and self.state == AWAITING_CONTROL_LINE:
             pos, size = 0, len(buf)
+            acks: PubAcks = []
             while (line := ack_line.match(buf, pos)) is not None:
                 start = line.end()
                 end = start + int(line[2])
                 if end + _CRLF_LEN > size:  # the rest of this ack comes with the next read:
                     del buf[:pos]  # keep the fast path for it (nats-py's would take over)
+                    if acks:
+                        on_pub_acks(acks)
                     return
-                on_pub_ack(line[1], bytes(buf[start:end]))
+                acks.append((line[1], bytes(buf[start:end])))
                 pos = end + _CRLF_LEN
             if pos:
                 del buf[:pos]
+                on_pub_acks(acks)
         await super().parse()
 
 
@@ -74,10 +80,10 @@ class AckClient(Client):
     """nats-py's Client, with the JetStream acks of one subscription handled as they are parsed.
 
     An ack is tiny and there is one per record: nats-py would parse it generically, build a
-    Msg, queue it and hand it to a callback task. Here `on_pub_ack(n, data)` (n: the reply
-    subject's last token) runs straight from the parser (AckParser), or from _process_msg
-    (nats/aio/client.py) for an ack that arrived in pieces. Messages with headers (status
-    replies such as 503) and other subscriptions take nats-py's usual path.
+    Msg, queue it and hand it to a callback task. Here `on_pub_acks([(n, data), ...])` (n: the
+    reply subject's last token) runs straight from the parser (AckParser) once per read, or
+    from _process_msg (nats/aio/client.py) for an ack that arrived in pieces. Messages with
+    headers (status replies such as 503) and other subscriptions take nats-py's usual path.
     """
 
     def __init__(self) -> None:
@@ -85,21 +91,21 @@ class AckClient(Client):
         self._ps: AckParser = AckParser(self)
         self._ack_sid = -1
         self._ack_prefix_len = 0
-        self._on_pub_ack: Callable[[bytes, bytes], None] | None = None
+        self._on_pub_acks: Callable[[PubAcks], None] | None = None
 
-    def route_acks(self, inbox: str, sid: int, on_pub_ack: Callable[[bytes, bytes], None]) -> None:
-        """Send messages on `{inbox}.<n>` for subscription `sid` to on_pub_ack(n, data)."""
+    def route_acks(self, inbox: str, sid: int, on_pub_acks: Callable[[PubAcks], None]) -> None:
+        """Send messages on `{inbox}.<n>` for subscription `sid` to on_pub_acks([(n, data)])."""
         self._ack_sid, self._ack_prefix_len = sid, len(inbox) + 1
-        self._on_pub_ack = on_pub_ack
+        self._on_pub_acks = on_pub_acks
         pattern = b"MSG " + re.escape(inbox.encode()) + rb"\.(\d+) %d (\d+)\r\n" % sid
-        self._ps.ack_line, self._ps.on_pub_ack = re.compile(pattern), on_pub_ack
+        self._ps.ack_line, self._ps.on_pub_acks = re.compile(pattern), on_pub_acks
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
-        on_pub_ack = self._on_pub_ack
-        if sid == self._ack_sid and not headers and on_pub_ack is not None:
-            on_pub_ack(subject[self._ack_prefix_len :], data)
+        on_pub_acks = self._on_pub_acks
+        if sid == self._ack_sid and not headers and on_pub_acks is not None:
+            on_pub_acks([(subject[self._ack_prefix_len :], data)])
             return
         await super()._process_msg(sid, subject, reply, data, headers)
 

@@ -15,7 +15,8 @@ import msgspec
 
 from ssmd.config import NatsPayload, NatsSecrets, NatsTlsSettings, NatsTransportSettings
 from ssmd.errors import TransportError
-from ssmd.records import Status, StatusEvent
+from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent, Top, record_kind
+from ssmd.subjects import msg_id_for
 from ssmd.transport.base import TransportStats
 
 HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream dedupes on it (ssmd.subjects.msg_id_for)
@@ -25,10 +26,12 @@ HEADER_CONTENT_TYPE = "Content-Type"
 CONTENT_TYPES = {NatsPayload.JSON: "application/json", NatsPayload.MSGPACK: "application/msgpack"}
 DROP_CONNECTION_ID = "transport"
 
-# One record waiting for its ack: subject, payload, the whole HPUB command (reply subject
+# One record waiting for its ack: subject, payload size, the whole HPUB command (reply subject
 # included, so a re-send after a reconnect is the same bytes), kind, the record's receive_ts_ns
 # (its frame's arrival) and published_ns (when publish()/publish_many() was called with it).
-Entry = tuple[str, bytes, bytes, str, int, int]
+Entry = tuple[str, int, bytes, str, int, int]
+# The acks of one read, in order: (n, ack JSON) with n the reply subject's last token.
+PubAcks = list[tuple[bytes, bytes]]
 
 # Upper bounds of the ack-latency histogram buckets: 0.1 ms to 5 s in 1-2.5-5 steps (a last,
 # unbounded bucket takes the rest). Nanoseconds, exact integers.
@@ -170,6 +173,53 @@ def hpub_command(subject: bytes, reply: bytes, msg_id: bytes, tail: bytes, paylo
     )
 
 
+# What every HPUB command of one record type and market shares (rendered once, nats.py):
+# the subject, `HPUB <subject> <inbox>.` (the reply number follows), the header block's length
+# without the Msg-Id value, the header block after that value (header_tail), the kind, and the
+# Msg-Id prefix of a record keyed by sid, seq and receive time (None: msg_id_for per record).
+Parts = tuple[str, bytes, int, bytes, str, bytes | None]
+# hpub_command's bytes in one format: head, reply number, header bytes, total bytes, Msg-Id,
+# tail, payload.
+HPUB_FORMAT = b"%s%d %d %d\r\n" + _HEADER_HEAD + b"%s%s%s\r\n"
+_SEQ_KEYED_KINDS = frozenset({BookDelta, BookSnapshot, Top})
+
+
+def hpub_parts(record: Record, subject: str, reply_prefix: bytes, content_type: str) -> Parts:
+    """The Parts of `record`'s type and market (HPUB_FORMAT with them is hpub_command's bytes)."""
+    kind = record_kind(record)
+    tail = header_tail(kind, record.market, content_type)
+    head = b"HPUB %s %s" % (subject.encode(), reply_prefix)
+    return subject, head, _HEADER_HEAD_LEN + len(tail), tail, kind, seq_msg_id_prefix(record)
+
+
+def seq_msg_id_prefix(record: Record) -> bytes | None:
+    """The Msg-Id of a book or top record of this market is this prefix + `{sid}:{seq}:{receive
+    time}` (ssmd.subjects), as header_value writes it; None for other kinds, a market that
+    header_value would change, or if a probe record says the id has another shape."""
+    if type(record) not in _SEQ_KEYED_KINDS:
+        return None
+    probe = msgspec.structs.replace(record, sid=7, seq=8, receive_ts_ns=9)
+    text = msg_id_for(probe)
+    suffix = ":7:8:9"
+    if not text.endswith(suffix) or header_value(text) != text.encode():
+        return None
+    return text[: -len(suffix) + 1].encode()
+
+
+def record_msg_id(record: Record, id_prefix: bytes | None) -> bytes:
+    """The Nats-Msg-Id header value of `record` (header_value(msg_id_for(record))), from its
+    market's seq_msg_id_prefix when it has one."""
+    sid, seq = record.sid, record.seq
+    if id_prefix is not None and sid is not None and seq is not None:
+        return b"%s%d:%d:%d" % (id_prefix, sid, seq, record.receive_ts_ns)
+    return header_value(msg_id_for(record))
+
+
+def stored_ack_head(stream: str) -> bytes:
+    """What JetStream's ack of a record stored in `stream` starts with (then the seq, `}`)."""
+    return b'{"stream":%s,"seq":' % msgspec.json.encode(stream)
+
+
 class PubAck(msgspec.Struct):
     """JetStream's answer to one publish (`{"stream","seq","duplicate"}` or `{"error"}`)."""
 
@@ -306,10 +356,10 @@ class AckWindow:
         entry = self.pending.pop(n, None)
         if entry is None:
             return False
-        _, payload, _, kind, receive_ts_ns, published_ns = entry
+        _, payload_len, _, kind, receive_ts_ns, published_ns = entry
         self.acked_by_kind[kind] = self.acked_by_kind.get(kind, 0) + 1
         self.acked += 1
-        self.acked_bytes += len(payload)
+        self.acked_bytes += payload_len
         if duplicate:
             self.duplicates += 1
         # LatencyHistogram.observe() for both, inlined: this runs once per record.
@@ -321,6 +371,55 @@ class AckWindow:
         histogram.sum_ns += latency_ns
         self.last_ack_ns = now_ns
         return True
+
+    def settle_stored(self, acks: PubAcks, head: bytes, now_ns: int) -> tuple[int, PubAcks]:
+        """Settle the acks of one read (at `now_ns`) that are `{head}N}` with N > 0, i.e.
+        `{"stream":<ours>,"seq":N}` (stored_ack_head), without a JSON decode: settle(n,
+        duplicate=False) with lookups hoisted out of the loop. Returns how many were pending,
+        and the other acks, in order, to parse one by one (the order between the two does
+        not matter: each settles or refuses its own record)."""
+        others: PubAcks = []
+        head_len = len(head)
+        pop, by_kind = self.pending.pop, self.acked_by_kind
+        frame_counts, frame_bounds = self.frame_to_ack.counts, self.frame_to_ack.bounds_ns
+        publish_counts = self.publish_to_ack.counts
+        publish_bounds = self.publish_to_ack.bounds_ns
+        settled = acked_bytes = frame_sum_ns = publish_sum_ns = 0
+        last_published_ns = publish_latency_ns = publish_bucket = -1
+        for n_text, data in acks:
+            seq_text = data[head_len:-1]
+            if not (
+                data.startswith(head)
+                and data.endswith(b"}")
+                and seq_text.isdigit()
+                and seq_text[0] != 48  # JSON: only "0" itself starts with "0", and 0 > 0 is not
+                and n_text.isdigit()
+            ):
+                others.append((n_text, data))
+                continue
+            entry = pop(int(n_text), None)
+            if entry is None:
+                continue
+            _, payload_len, _, kind, receive_ts_ns, published_ns = entry
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            acked_bytes += payload_len
+            latency_ns = now_ns - receive_ts_ns
+            frame_counts[bisect_left(frame_bounds, latency_ns)] += 1
+            frame_sum_ns += latency_ns
+            if published_ns != last_published_ns:  # a publish batch shares published_ns
+                last_published_ns = published_ns
+                publish_latency_ns = now_ns - published_ns
+                publish_bucket = bisect_left(publish_bounds, publish_latency_ns)
+            publish_counts[publish_bucket] += 1
+            publish_sum_ns += publish_latency_ns
+            settled += 1
+        if settled:
+            self.acked += settled
+            self.acked_bytes += acked_bytes
+            self.frame_to_ack.sum_ns += frame_sum_ns
+            self.publish_to_ack.sum_ns += publish_sum_ns
+            self.last_ack_ns = now_ns
+        return settled, others
 
     def unacked_from(self, n: int) -> list[int]:
         """Pending numbers >= n, in publish order."""
