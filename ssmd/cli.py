@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -39,6 +40,19 @@ def _run_async(main: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+# The daemon allocates a record or two per frame and keeps few cycles (records are gc=False
+# structs): the default thresholds run the collector thousands of times a second, ~9 % of CPU
+# with 50 ms full passes (measured by the bench). Start-up objects never die: frozen.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never again look at what start-up allocated."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def connector_main(argv: list[str] | None = None) -> int:
@@ -77,6 +91,7 @@ def connector_main(argv: list[str] | None = None) -> int:
         return 0
     from ssmd.runner import EXIT_FAILED, run_connector
 
+    tune_gc()
     try:
         return _run_async(run_connector(settings))
     except (ConfigError, AuthError) as exc:

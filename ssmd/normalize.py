@@ -6,9 +6,7 @@ NO-side book prices always leave in NO-leg price (§7.1.4). Also the `ssmd norma
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from itertools import starmap
 from operator import itemgetter
 from typing import Any, BinaryIO, Final, TextIO, TypeAlias
@@ -26,7 +24,6 @@ from ssmd.fixedpoint import (
 )
 from ssmd.messages import (
     CONTROL_FRAME_TYPES,
-    INVALID_FIELDS,
     DataFrame,
     EventFeeUpdate,
     EventLifecycle,
@@ -38,14 +35,24 @@ from ssmd.messages import (
     TickerFrame,
     TradeFrame,
 )
+from ssmd.normalize_fields import (
+    OUT_OF_RANGE,
+    invalid_field,
+    missing_field,
+    price_field,
+    rfc3339_field,
+)
+from ssmd.normalize_lifecycle import (
+    normalize_event_fee_update,
+    normalize_event_lifecycle,
+    normalize_market_lifecycle_v2,
+    normalize_multivariate_lifecycle,
+)
 from ssmd.records import (
     BookDelta,
     BookSnapshot,
     Flag,
     Level,
-    Lifecycle,
-    LifecycleScope,
-    PriceRange,
     Record,
     Side,
     Ticker,
@@ -53,39 +60,7 @@ from ssmd.records import (
 )
 from ssmd.wiretime import ms_to_ns, rfc3339_to_ns, seconds_to_ns
 
-_OUT_OF_RANGE: Final = (Flag.PRICE_OUT_OF_RANGE,)
 _NO: Final = Side.NO  # a module global: enum member lookups cost ~50 ns (3.11)
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
-
-
-def _invalid(type_name: str, field: str, exc: ValueError) -> FrameDecodeError:
-    return FrameDecodeError(INVALID_FIELDS, detail=f"{field}: {exc}", type_name=type_name)
-
-
-def _price(text: str, field: str, type_name: str) -> int:
-    price_e4 = lookup_price_e4(text)
-    if price_e4 is not None:
-        return price_e4
-    try:
-        return parse_price(text)
-    except ValueError as exc:
-        raise _invalid(type_name, field, exc) from exc
-
-
-def _rfc3339(text: str, field: str, type_name: str) -> int:
-    try:
-        return rfc3339_to_ns(text)
-    except ValueError as exc:
-        raise _invalid(type_name, field, exc) from exc
-
-
-def _missing(type_name: str, field: str) -> FrameDecodeError:
-    return FrameDecodeError(INVALID_FIELDS, detail=f"missing {field}", type_name=type_name)
-
-
-def _out_of_range(price_e4: int | None) -> bool:
-    return price_e4 is not None and not 0 <= price_e4 <= ONE_DOLLAR_E4
-
 
 # --- orderbook (§7.1) --------------------------------------------------------------------
 
@@ -115,7 +90,7 @@ def _levels(
                 pairs.append((price_e4, size_of(size)))
         except ValueError as exc:
             field = f"{side}_dollars_fp" if fp is not None else f"{side}_dollars"
-            raise _invalid(_SNAPSHOT, field, exc) from exc
+            raise invalid_field(_SNAPSHOT, field, exc) from exc
     if flip:
         pairs = [(ONE_DOLLAR_E4 - p, s) for p, s in pairs]
     pairs.sort()
@@ -132,7 +107,7 @@ def _book_flags(*sides: list[tuple[int, int]]) -> tuple[Flag, ...]:
     if not (out_of_range or negative):
         return ()
     if not negative:
-        return _OUT_OF_RANGE
+        return OUT_OF_RANGE
     return (Flag.PRICE_OUT_OF_RANGE, Flag.NEGATIVE_SIZE) if out_of_range else (Flag.NEGATIVE_SIZE,)
 
 
@@ -162,21 +137,21 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
     if text:
         price_e4 = lookup_price_e4(text)
         if price_e4 is None:
-            price_e4 = _price(text, "price_dollars", _DELTA)
+            price_e4 = price_field(text, "price_dollars", _DELTA)
     elif msg.price is not None:
         price_e4 = cents_to_price(msg.price)
     else:
-        raise _missing(_DELTA, "price_dollars")
+        raise missing_field(_DELTA, "price_dollars")
     text = msg.delta_fp
     if text is not None:
         try:
             delta_e2 = parse_size(text)
         except ValueError as exc:
-            raise _invalid(_DELTA, "delta_fp", exc) from exc
+            raise invalid_field(_DELTA, "delta_fp", exc) from exc
     elif msg.delta is not None:
         delta_e2 = count_to_size(msg.delta)
     else:
-        raise _missing(_DELTA, "delta_fp")
+        raise missing_field(_DELTA, "delta_fp")
     side = msg.side
     if flip and side is _NO:
         price_e4 = ONE_DOLLAR_E4 - price_e4
@@ -185,11 +160,11 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
         try:
             exchange_ts_ns: int | None = rfc3339_to_ns(ts)
         except ValueError as exc:
-            raise _invalid(_DELTA, "ts", exc) from exc
+            raise invalid_field(_DELTA, "ts", exc) from exc
     elif msg.ts_ms is not None:
         exchange_ts_ns = ms_to_ns(msg.ts_ms)
     elif ts:
-        exchange_ts_ns = _rfc3339(ts, "ts", _DELTA)
+        exchange_ts_ns = rfc3339_field(ts, "ts", _DELTA)
     else:
         exchange_ts_ns = None
     return BookDelta(
@@ -199,7 +174,7 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
         receive_ts_ns=receive_ts_ns,
         sid=frame.sid,
         seq=frame.seq,
-        flags=() if 0 <= price_e4 <= ONE_DOLLAR_E4 else _OUT_OF_RANGE,
+        flags=() if 0 <= price_e4 <= ONE_DOLLAR_E4 else OUT_OF_RANGE,
         side=side,
         price_e4=price_e4,
         delta_e2=delta_e2,
@@ -212,7 +187,7 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
 def _ticker_price(text: str | None, cents: int | None, field: str) -> int | None:
     if text:
         price_e4 = lookup_price_e4(text)
-        return price_e4 if price_e4 is not None else _price(text, field, "ticker")
+        return price_e4 if price_e4 is not None else price_field(text, field, "ticker")
     if cents is not None:
         return cents_to_price(cents)
     return None
@@ -223,7 +198,7 @@ def _opt_size(text: str | None, count: int | None, field: str, type_name: str) -
         try:
             return parse_size(text)
         except ValueError as exc:
-            raise _invalid(type_name, field, exc) from exc
+            raise invalid_field(type_name, field, exc) from exc
     if count is not None:
         return count_to_size(count)
     return None
@@ -238,13 +213,13 @@ def _ticker(frame: TickerFrame, receive_ts_ns: int, _flip: bool = False) -> Tick
     yes_ask_e4 = _ticker_price(msg.yes_ask_dollars, msg.yes_ask, "yes_ask_dollars")
     time = msg.time
     if time and "." in time:
-        exchange_ts_ns: int | None = _rfc3339(time, "time", "ticker")
+        exchange_ts_ns: int | None = rfc3339_field(time, "time", "ticker")
     elif msg.ts_ms is not None:
         exchange_ts_ns = ms_to_ns(msg.ts_ms)
     elif msg.ts is not None:
         exchange_ts_ns = seconds_to_ns(msg.ts)
     elif time:
-        exchange_ts_ns = _rfc3339(time, "time", "ticker")
+        exchange_ts_ns = rfc3339_field(time, "time", "ticker")
     else:
         exchange_ts_ns = None
     in_range = (
@@ -285,7 +260,7 @@ def _ticker(frame: TickerFrame, receive_ts_ns: int, _flip: bool = False) -> Tick
         receive_ts_ns=receive_ts_ns,
         sid=frame.sid,
         seq=frame.seq,
-        flags=() if in_range else _OUT_OF_RANGE,
+        flags=() if in_range else OUT_OF_RANGE,
         market_id=msg.market_id or None,
         last_price_e4=last_price_e4,
         yes_bid_e4=yes_bid_e4,
@@ -307,23 +282,23 @@ def _trade(frame: TradeFrame, receive_ts_ns: int, _flip: bool = False) -> Trade:
     if text:
         yes_e4 = lookup_price_e4(text)
         if yes_e4 is None:
-            yes_e4 = _price(text, "yes_price_dollars", name)
+            yes_e4 = price_field(text, "yes_price_dollars", name)
     elif msg.yes_price is not None:
         yes_e4 = cents_to_price(msg.yes_price)
     else:
-        raise _missing(name, "yes_price_dollars")
+        raise missing_field(name, "yes_price_dollars")
     text = msg.no_price_dollars
     if text:
         no_e4 = lookup_price_e4(text)
         if no_e4 is None:
-            no_e4 = _price(text, "no_price_dollars", name)
+            no_e4 = price_field(text, "no_price_dollars", name)
     elif msg.no_price is not None:
         no_e4 = cents_to_price(msg.no_price)
     else:
-        raise _missing(name, "no_price_dollars")
+        raise missing_field(name, "no_price_dollars")
     size_e2 = _opt_size(msg.count_fp, msg.count, "count_fp", name)
     if size_e2 is None:
-        raise _missing(name, "count_fp")
+        raise missing_field(name, "count_fp")
     flags: tuple[Flag, ...] = ()
     if yes_e4 + no_e4 != ONE_DOLLAR_E4:
         flags = (Flag.PRICE_SUM_MISMATCH,)
@@ -355,128 +330,6 @@ def _trade(frame: TradeFrame, receive_ts_ns: int, _flip: bool = False) -> Trade:
 # --- lifecycle (§7.5) --------------------------------------------------------------------
 
 
-def _number_text(raw: msgspec.Raw, field: str, type_name: str) -> str | None:
-    """Exact decimal text of a JSON number (or of a numeric string, Jan-2026 docs); None when
-    absent or null. Never goes through float: "95000.10" stays as sent, "1.5e3" -> "1500"."""
-    text = bytes(raw).decode()
-    if not text or text == "null":
-        return None
-    if text.startswith('"'):
-        text = msgspec.json.decode(text, type=str)
-    if _JSON_NUMBER.fullmatch(text) is None:
-        raise _invalid(type_name, field, ValueError(f"not a decimal number: {text!r}"))
-    if "e" in text or "E" in text:
-        return format(Decimal(text), "f")  # exact: Decimal is base 10
-    return text
-
-
-def _opt_ns(seconds: int | None) -> int | None:
-    return None if seconds is None else seconds_to_ns(seconds)
-
-
-def _market_lifecycle(
-    frame: MarketLifecycleV2 | MultivariateMarketLifecycle, name: str, receive_ts_ns: int
-) -> Lifecycle:
-    """market_lifecycle_v2 and multivariate_market_lifecycle (same shape). Strikes and titles
-    come top-level (metadata_updated) or from additional_metadata (created)."""
-    msg = frame.msg
-    meta = msg.additional_metadata
-    floor_raw = msg.floor_strike
-    cap_raw = msg.cap_strike
-    if meta is not None:
-        floor_raw = floor_raw if len(floor_raw) else meta.floor_strike
-        cap_raw = cap_raw if len(cap_raw) else meta.cap_strike
-    settlement_e4 = None
-    if msg.settlement_value:
-        settlement_e4 = _price(msg.settlement_value, "settlement_value", name)
-    price_ranges = None
-    if msg.price_ranges is not None:
-        field = "price_ranges"
-        price_ranges = tuple(
-            PriceRange(
-                start_e4=_price(r.start, field, name),
-                end_e4=_price(r.end, field, name),
-                step_e4=_price(r.step, field, name),
-            )
-            for r in msg.price_ranges
-        )
-    prices = [settlement_e4]
-    for band in price_ranges or ():
-        prices += (band.start_e4, band.end_e4, band.step_e4)
-    expected_s = msg.expected_expiration_ts
-    if expected_s is None and meta is not None:
-        expected_s = meta.expected_expiration_ts
-    return Lifecycle(
-        market=msg.market_ticker,
-        receive_ts_ns=receive_ts_ns,
-        sid=frame.sid,
-        seq=frame.seq,
-        flags=_OUT_OF_RANGE if any(_out_of_range(p) for p in prices) else (),
-        scope=LifecycleScope.MARKET,
-        event_type=msg.event_type,
-        event_ticker=msg.event_ticker or (meta.event_ticker if meta else None),
-        title=meta.title if meta else None,
-        subtitle=msg.yes_sub_title or (meta.yes_sub_title if meta else None),
-        open_ts_ns=_opt_ns(msg.open_ts),
-        close_ts_ns=_opt_ns(msg.close_ts),
-        expected_expiration_ts_ns=_opt_ns(expected_s),
-        determination_ts_ns=_opt_ns(msg.determination_ts),
-        settled_ts_ns=_opt_ns(msg.settled_ts),
-        result=msg.result,
-        settlement_value_e4=settlement_e4,
-        is_deactivated=msg.is_deactivated,
-        price_level_structure=msg.price_level_structure,
-        price_ranges=price_ranges,
-        strike_type=msg.strike_type or (meta.strike_type if meta else None),
-        floor_strike=_number_text(floor_raw, "floor_strike", name),
-        cap_strike=_number_text(cap_raw, "cap_strike", name),
-        custom_strike=msg.custom_strike or (meta.custom_strike if meta else None),
-    )
-
-
-def _event_lifecycle(frame: EventLifecycle, receive_ts_ns: int, _flip: bool = False) -> Lifecycle:
-    msg = frame.msg
-    return Lifecycle(
-        market=msg.event_ticker,
-        receive_ts_ns=receive_ts_ns,
-        sid=frame.sid,
-        seq=frame.seq,
-        scope=LifecycleScope.EVENT,
-        event_type="event_created",
-        event_ticker=msg.event_ticker,
-        series_ticker=msg.series_ticker,
-        title=msg.title,
-        subtitle=msg.subtitle if msg.subtitle is not None else msg.sub_title,
-    )
-
-
-def _event_fee_update(frame: EventFeeUpdate, receive_ts_ns: int, _flip: bool = False) -> Lifecycle:
-    msg = frame.msg
-    return Lifecycle(
-        market=msg.event_ticker,
-        receive_ts_ns=receive_ts_ns,
-        sid=frame.sid,
-        seq=frame.seq,
-        scope=LifecycleScope.EVENT,
-        event_type="event_fee_updated",
-        event_ticker=msg.event_ticker,
-        fee_type_override=msg.fee_type_override,
-        fee_multiplier_override=_number_text(
-            msg.fee_multiplier_override, "fee_multiplier_override", "event_fee_update"
-        ),
-    )
-
-
-def _market_lifecycle_v2(frame: MarketLifecycleV2, receive_ts_ns: int, _flip: bool) -> Lifecycle:
-    return _market_lifecycle(frame, "market_lifecycle_v2", receive_ts_ns)
-
-
-def _multivariate_lifecycle(
-    frame: MultivariateMarketLifecycle, receive_ts_ns: int, _flip: bool
-) -> Lifecycle:
-    return _market_lifecycle(frame, "multivariate_market_lifecycle", receive_ts_ns)
-
-
 Normalizer: TypeAlias = Callable[[Any, int, bool], Record]
 """(frame, receive_ts_ns, no_side_in_yes_price) -> record, for one data frame type."""
 
@@ -487,10 +340,10 @@ NORMALIZER_BY_FRAME_TYPE: Final[Mapping[type, Normalizer]] = {
     TickerFrame: _ticker,
     TradeFrame: _trade,
     OrderbookSnapshot: _snapshot,
-    MarketLifecycleV2: _market_lifecycle_v2,
-    MultivariateMarketLifecycle: _multivariate_lifecycle,
-    EventLifecycle: _event_lifecycle,
-    EventFeeUpdate: _event_fee_update,
+    MarketLifecycleV2: normalize_market_lifecycle_v2,
+    MultivariateMarketLifecycle: normalize_multivariate_lifecycle,
+    EventLifecycle: normalize_event_lifecycle,
+    EventFeeUpdate: normalize_event_fee_update,
 }
 
 

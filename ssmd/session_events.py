@@ -255,10 +255,16 @@ class SessionStats:
         self.frames_by_name.update(other.frames_by_name)
 
 
+# Trade ids remembered to publish each trade once across reconnects and REST backfills: ~170 B
+# each, so 50k is ~9 MB, minutes of trading on a busy exchange (a backfill window is a
+# reconnect's length; JetStream's own Msg-Id window covers 2 minutes on top).
+RECENT_TRADE_IDS = 50_000
+
+
 class RecentIds:
     """A bounded set of recently seen ids (trade ids), oldest forgotten first."""
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = RECENT_TRADE_IDS) -> None:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
 
