@@ -7,6 +7,7 @@ times, applies backpressure through a bounded queue and logs session events.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -97,16 +98,8 @@ class KalshiClient(ClientBase):
                 return
 
     async def _after_frame(self, ws: ClientConnection) -> None:
-        """Handle what the session produced: events first, then the commands it wants sent."""
-        session = self.session
-        if session.has_events:
-            for event in session.events_to_handle():
-                await self._events.handle(event)
-        if session.has_commands:
-            for command in session.commands_to_send():
-                if self._events.command_delay_s:
-                    await asyncio.sleep(self._events.command_delay_s)
-                await ws.send(command, text=True)
+        """Handle what the session produced (ClientBase._drain_session)."""
+        await self._drain_session(partial(ws.send, text=True))
 
     async def _pump(self, ws: ClientConnection) -> None:
         session = self.session

@@ -254,6 +254,19 @@ class ClientBase:
             session, self._log, self._emit_marked, self._trades_missing, self._markets_rejected
         )
 
+    async def _drain_session(self, send_command: Callable[[bytes], Awaitable[None]]) -> None:
+        """Handle what the session produced: events first, then the commands it wants sent,
+        spaced out while the exchange asks us to slow down (§6.6 code 27)."""
+        session = self.session
+        if session.has_events:
+            for event in session.events_to_handle():
+                await self._events.handle(event)
+        if session.has_commands:
+            for command in session.commands_to_send():
+                if self._events.command_delay_s:
+                    await asyncio.sleep(self._events.command_delay_s)
+                await send_command(command)
+
     def _poll(self) -> None:
         """The driver's timer: give the session the time; if the time alone changed something
         (a repair deadline, a held top), mark it in the recording, so a replay does it too."""

@@ -128,16 +128,12 @@ class PicowsKalshiClient(ClientBase):
                 return
 
     async def after_frame(self, transport: WSTransport) -> None:
-        """Handle what the session produced: events first, then the commands it wants sent."""
-        session = self.session
-        if session.has_events:
-            for event in session.events_to_handle():
-                await self._events.handle(event)
-        if session.has_commands:
-            for command in session.commands_to_send():
-                if self._events.command_delay_s:
-                    await asyncio.sleep(self._events.command_delay_s)
-                transport.send(WSMsgType.TEXT, command)
+        """Handle what the session produced (ClientBase._drain_session)."""
+
+        async def send_command(command: bytes) -> None:
+            transport.send(WSMsgType.TEXT, command)
+
+        await self._drain_session(send_command)
 
     @property
     def reconnect_reason(self) -> str | None:

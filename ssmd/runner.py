@@ -288,7 +288,7 @@ class Connector:
                         break
                     batch.append(record)
                 if observe is not None:
-                    for record in batch:
+                    for record in batch:  # only with a follower: not in the plain-ticker setup
                         if type(record) is Lifecycle:
                             observe(record)
                 await publish_many(batch)
