@@ -53,7 +53,7 @@ from ssmd.records import (
 from ssmd.wiretime import rfc3339_to_ns
 
 from .conftest import read_stream as read_any_stream
-from .conftest import write_pem
+from .conftest import wait_until, write_pem
 from .test_connector_e2e import KEY_ID, spawn_connector, write_connector_env
 
 pytestmark = pytest.mark.integration
@@ -239,17 +239,28 @@ async def test_chaos_every_frame_is_published_or_inside_a_reported_and_repaired_
             nats_url=nats_server.url,
             markets=list(sim.markets),
         )
+        # Faults start once ssmd is connected: a 401 on the very first handshake is fatal by
+        # design (bad credentials), and how long the process takes to start is not the point.
+        await sim.pause()
         proc = await spawn_connector(env)
         try:
+            await wait_until(
+                lambda: sim.connections >= 1 or proc.returncode is not None,
+                60,
+                "the connector's first connection",
+            )
+            sim.resume()
             await asyncio.sleep(CHAOS_SECONDS)  # the run itself: faults fire meanwhile
             await sim.pause()  # no more market events nor faults
             sim.end_stall()
             await settle(nats_server.url)
-            assert proc.returncode is None, "the connector died during the chaos run"
+            died = proc.returncode
         finally:
-            proc.send_signal(signal.SIGTERM)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(proc.communicate(), 60)
         log = stderr.decode()
+        assert died is None, "the connector died during the chaos run:\n" + log[-6000:]
         assert proc.returncode == 0, log[-4000:]
         # Every accepted connection, even one aborted before its first frame, pairs with a session.
         sent_by_connection: dict[int, list[bytes]] = {
