@@ -256,7 +256,7 @@ class ConnectorCollector(Collector):
             "Unix time of the last frame from the exchange (process start before any)",
             value=state.activity.last_activity_wall_s,
         )
-        yield from rest_metrics(_rest_stats(connector))
+        yield from rest_metrics(connector.rest_stats())
         yield from _transport_metrics(connector)
 
 
@@ -314,12 +314,6 @@ def latency_histogram(name: str, documentation: str, snapshot: HistogramSnapshot
         buckets=buckets,
         sum_value=snapshot.sum_ns / NS_PER_S,
     )
-
-
-def _rest_stats(connector: Connector) -> Mapping[str, int]:
-    """`connector.rest_stats()`, or nothing on a runner that does not count REST calls yet."""
-    rest_stats: Callable[[], Mapping[str, int]] | None = getattr(connector, "rest_stats", None)
-    return rest_stats() if rest_stats is not None else {}
 
 
 def rest_metrics(rest_stats: Mapping[str, int]) -> Iterator[Metric]:

@@ -28,6 +28,7 @@ from ssmd.records import Record, Status, StatusEvent, Trade
 from ssmd.retry import RetryPolicy
 from ssmd.session import KalshiSession
 from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor, client_class
+from tests.conftest import wait_until
 
 KEY_ID = "picows-test-key"
 ClientClass = type[KalshiClient] | type[PicowsKalshiClient]
@@ -48,14 +49,6 @@ def simulator(key: rsa.RSAPrivateKey, **kwargs: float) -> ExchangeSimulator:
     return ExchangeSimulator(
         public_keys={KEY_ID: key.public_key()}, market_count=4, rate_hz=2000.0, seed=5, **kwargs
     )
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def run_client(

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -34,7 +33,7 @@ from ssmd.normalize import normalize
 from ssmd.records import Record, RecordBase, Status, StatusEvent, record_kind
 from ssmd.transport.files import read_records
 
-from .conftest import CAPTURES, REPO, write_pem
+from .conftest import CAPTURES, REPO, wait_until, write_pem
 
 BIN = Path(sys.executable).parent
 CONNECTOR = str(BIN / "ssmd-connector")
@@ -105,14 +104,6 @@ async def spawn_connector(env: Path) -> asyncio.subprocess.Process:
         stderr=subprocess.PIPE,
         env={**os.environ, "SSMD_TEST_KEY_ID": KEY_ID},
     )
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def expected_records(sent: list[bytes]) -> dict[str, list[RecordBase]]:

@@ -168,6 +168,10 @@ async def test_a_selection_beyond_the_cap_spreads_over_connections(
         assert len(loads) >= len(expected) // 40
         stop.set()
         assert await asyncio.wait_for(run, 30) == 0
+        # The ssmd_rest_* metrics read these: every request the exchange saw, none throttled.
+        rest = connector.rest_stats()
+        assert rest["calls"] == sim.rest_requests > 0
+        assert (rest["throttled"], rest["failed"]) == (0, 0)
     records = read_records(tmp_path / "records")
     by_connection: dict[str, set[str]] = defaultdict(set)
     for record in records:

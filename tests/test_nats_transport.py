@@ -62,7 +62,7 @@ from ssmd.transport.nats_core import (
     stored_ack_head,
 )
 
-from .conftest import Stored
+from .conftest import Stored, wait_until
 from .conftest import read_stream as read_any_stream
 
 pytestmark = pytest.mark.integration
@@ -165,13 +165,6 @@ async def read_stream(url: str, stream: str = STREAM) -> list[Stored]:
 def decode_json(stored: list[Stored]) -> list[Record]:
     decoder = msgspec.json.Decoder(Record)
     return [decoder.decode(message.data) for message in stored]
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

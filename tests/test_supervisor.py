@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -26,6 +26,7 @@ from ssmd.records import Flag, Record, Status, StatusEvent, Trade
 from ssmd.rest import KalshiRest, rest_base_url
 from ssmd.retry import RetryPolicy
 from ssmd.supervisor import ConnectionPlan, ConnectionSupervisor
+from tests.conftest import wait_until
 
 KEY_ID = "supervisor-test-key"
 ALL_CHANNELS = list(Channel)
@@ -47,14 +48,6 @@ class Collected:
 
     def statuses(self) -> list[StatusEvent]:
         return [r.event for r in self.records if isinstance(r, Status)]
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager
