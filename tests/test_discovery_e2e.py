@@ -256,20 +256,26 @@ async def test_two_shard_processes_publish_every_market_exactly_once(
             for index in (0, 1)
         ]
         try:
-            subscribed = tmp_path / "never"
-            del subscribed
-            await asyncio.sleep(0)
+            # Wait until the exchange sent a snapshot of every wanted market: both processes
+            # discovered, placed and subscribed their shares (their files complete only at exit).
+            snapshotted: set[str] = set()
+            read = 0
 
-            def streamed() -> bool:
-                return sim.connections >= 2
+            def every_market_snapshotted() -> bool:
+                nonlocal read
+                for frame in sim.sent[read:]:
+                    if b'"orderbook_snapshot"' in frame.data:
+                        snapshotted.add(json.loads(frame.data)["msg"]["market_ticker"])
+                read = len(sim.sent)
+                return snapshotted >= wanted
 
-            await wait_until(streamed, 30, "both shard processes connected")
-            await asyncio.sleep(3)  # discovery, placement and a few seconds of data
+            await wait_until(every_market_snapshotted, 60, "both shards subscribed")
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
-            codes = [await asyncio.wait_for(p.wait(), 30) for p in processes]
-        assert codes == [0, 0]
+            # communicate(), not wait(): a full stderr pipe would block the process.
+            logs = [(await asyncio.wait_for(p.communicate(), 30))[1] for p in processes]
+        assert [p.returncode for p in processes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     seen = [book_markets(read_records(tmp_path / f"records{index}")) for index in (0, 1)]
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == wanted
