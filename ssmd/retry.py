@@ -20,6 +20,7 @@ from ssmd.errors import (
     KeyLoadError,
     SsmdError,
 )
+from ssmd.ratelimit import Backoff
 
 
 class Verdict(enum.Enum):
@@ -56,9 +57,8 @@ class RetryPolicy:
     ever_connected: bool = False
 
     def backoff_s(self) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** min(self.attempt, 62))
-        return self.rng.uniform(0.0, ceiling)
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (ssmd.ratelimit.Backoff)."""
+        return Backoff(self.base_s, self.cap_s, self.rng).delay_s(self.attempt)
 
     def connection_ended(self, error: SsmdError | None, *, lived_s: float) -> Decision:
         """Report how a connection ended (`error` None = it closed on its own) and for how long
