@@ -1,52 +1,68 @@
 """Asyncio driver for one Kalshi WebSocket connection: signed connect, frames into the session.
 
-All protocol decisions live in ssmd.session; this module only moves bytes, stamps receive
-times, applies backpressure through a bounded queue and logs session events.
+A thin driver over websockets' sans-I/O ClientProtocol (handshake, framing, close, ping/pong and
+limits stay the library's); frames go to the session through ssmd.client_pump's FramePump.
 """
 
 from __future__ import annotations
 
 import asyncio
-from functools import partial
+import random
+import struct
+from typing import cast
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import USER_AGENT, Request, Response
+from websockets.protocol import Event, State
+from websockets.uri import parse_uri
 
 from ssmd.client_events import (
     MAX_FRAME_BYTES,
-    TICK_S,
     ClientBase,
     report_connection_end,
 )
+from ssmd.client_pump import CLOSE_TIMEOUT_S, FramePump
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
 from ssmd.records import StatusEvent
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_CONT = Opcode.CONT
+_KEEPALIVE_REASON = "keepalive ping timeout"  # websockets' own wording, kept for the logs
 
 
 class KalshiClient(ClientBase):
     """Runs one connection until `stop` is set (clean close) or the exchange goes away.
 
-    Records go to `sink`; a full sink blocks reading, which pushes back on the exchange
+    Records go to `sink`; a full sink pauses reading, which pushes back on the exchange
     through TCP rather than dropping anything.
     """
 
+    _link: _Connection | None = None
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused now: a full sink holds the exchange back through TCP."""
+        return self._link is not None and self._link.pump.paused
+
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
-        ws = await self._connect()
-        async with ws:
+        link = self._link = await self._connect()
+        try:
             self.connected.set()
             connected = self.session.status_record(StatusEvent.CONNECTED, self._clock_ns())
             await self._emit_marked(connected)
             self._log.info("client.connected")
             for command in self.session.commands_to_send():
-                await ws.send(command, text=True)
-            closer = asyncio.create_task(self._close_on(stop, ws), name="client-closer")
-            ticker = asyncio.create_task(self._tick(ws), name="client-ticker")
-            try:
-                await self._pump(ws)
-            finally:
-                closer.cancel()
-                ticker.cancel()
-        reason = self._events.reconnect_reason or _close_reason(ws)
+                link.send_text(command)
+            link.start_keepalive(self._ping_interval_s)
+            await link.pump.run(stop)
+        finally:
+            link.stop_keepalive()
+            if not link.pump.disconnected:  # cancelled before the pump ran: just go
+                link.abort()
         await report_connection_end(
             session=self.session,
             log=self._log,
@@ -54,87 +70,252 @@ class KalshiClient(ClientBase):
             now_ns=self._clock_ns,
             url=self.url,
             stopped=stop.is_set(),
-            reason=reason,
-            keepalive_timed_out=_keepalive_timed_out(ws),
+            reason=self._events.reconnect_reason or link.close_reason(),
+            keepalive_timed_out=link.keepalive_timed_out(),
             ping_interval_s=self._ping_interval_s,
         )
 
-    async def _connect(self) -> ClientConnection:
-        # §2.3: sign fresh for every connect; the timestamp is inside the signature.
-        headers = self._credentials.headers(self._clock_ns() // 1_000_000)
+    async def _connect(self) -> _Connection:
         try:
-            return await connect(
-                self.url,
-                additional_headers=headers,
-                # permessage-deflate triples receive cost; market data is not worth it here.
-                compression=None,
-                open_timeout=self._open_timeout_s,
-                ping_interval=self._ping_interval_s,
-                ping_timeout=self._ping_interval_s,
-                max_size=MAX_FRAME_BYTES,
-                close_timeout=10,
-            )
-        except InvalidStatus as exc:
-            body = exc.response.body.decode("utf-8", "replace")[:200] if exc.response.body else ""
-            raise HandshakeRejected(exc.response.status_code, self.url, body) from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            uri = parse_uri(self.url)
+        except InvalidURI as exc:
             raise ExchangeUnavailable(self.url, f"cannot connect: {exc}") from exc
+        # permessage-deflate triples receive cost; market data is not worth it: no extensions.
+        protocol = ClientProtocol(uri, max_size=MAX_FRAME_BYTES)
+        request = protocol.connect()
+        # §2.3: sign fresh for every connect; the timestamp is inside the signature.
+        request.headers.update(self._credentials.headers(self._clock_ns() // 1_000_000))
+        request.headers.setdefault("User-Agent", USER_AGENT)
+        loop = asyncio.get_running_loop()
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout(self._open_timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, protocol),
+                    uri.host,
+                    uri.port,
+                    ssl=True if uri.secure else None,
+                    server_hostname=uri.host if uri.secure else None,
+                )
+                await connection.send_request(request)
+        except (OSError, TimeoutError) as exc:
+            if connection is not None:
+                connection.abort()
+            raise ExchangeUnavailable(self.url, f"cannot connect: {exc}") from exc
+        except asyncio.CancelledError:
+            if connection is not None:
+                connection.abort()
+            raise
+        failure = protocol.handshake_exc
+        if failure is not None:
+            connection.abort()
+            if isinstance(failure, InvalidStatus):
+                response = failure.response
+                body = response.body.decode("utf-8", "replace")[:200] if response.body else ""
+                raise HandshakeRejected(response.status_code, self.url, body) from failure
+            raise ExchangeUnavailable(self.url, f"cannot connect: {failure}") from failure
+        return connection
 
-    async def _close_on(self, stop: asyncio.Event, ws: ClientConnection) -> None:
-        await stop.wait()
-        self._log.info("client.closing")
-        # Our close frame goes out; frames the exchange sent before its own close frame are
-        # still delivered to _pump, so nothing already sent to us is lost.
-        await ws.close()
 
-    async def _tick(self, ws: ClientConnection) -> None:
-        """Give the session the time when no frame does (repair deadlines, §4.3)."""
-        while True:
-            await asyncio.sleep(TICK_S)
-            self._poll()
-            await self._after_frame(ws)
-            if self._events.reconnect_reason is not None:
-                await ws.close(code=1000, reason="resync")
-                return
+class _Connection(asyncio.Protocol):
+    """The asyncio protocol: bytes in → websockets' ClientProtocol → frames to the pump;
+    what the protocol wants sent (pongs, close frames) goes out after every receive."""
 
-    async def _after_frame(self, ws: ClientConnection) -> None:
-        """Handle what the session produced (ClientBase._drain_session)."""
-        await self._drain_session(partial(ws.send, text=True))
+    def __init__(self, client: KalshiClient, protocol: ClientProtocol) -> None:
+        self._client = client
+        self._protocol = protocol
+        self._clock_ns = client._clock_ns
+        self._transport: asyncio.Transport | None = None
+        self._response: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pump = FramePump(client, self)
+        self._receive = self.pump.receive
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._ping_payload: bytes | None = None
+        self._pong: asyncio.Future[None] | None = None
 
-    async def _pump(self, ws: ClientConnection) -> None:
-        session = self.session
-        sink = self._sink
+    # -- asyncio.Protocol callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._send_pending()
+        if self._response.done():
+            frames = cast("list[Frame]", events)
+        else:
+            frames = self._receive_response(events)
+        receive = self._receive
         clock_ns = self._clock_ns
-        recorder = self.recorder
-        connection_id = session.connection_id
-        while True:
+        for frame in frames:
+            opcode = frame.opcode
+            # A stamp per frame, not per read: consumers order records of different kinds
+            # (files, subjects) by receive_ts_ns, so frames of one read must not share one.
+            if (opcode is _TEXT or opcode is _BINARY) and frame.fin:
+                receive(bytes(frame.data), clock_ns())  # the hot path: whole messages
+            elif opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
+                self._receive_fragment(frame, clock_ns())
+            elif opcode is Opcode.PONG:
+                if self._pong is not None and frame.data == self._ping_payload:
+                    self._pong.set_result(None)
+                    self._pong = None
+            elif opcode is Opcode.CLOSE:
+                # Our close frame was sent (now, or before): the handshake is complete.
+                self._close_transport()
+        if protocol.state is not State.OPEN and protocol.close_expected():
+            self._start_close_timer()
+
+    def eof_received(self) -> None:
+        self._protocol.receive_eof()
+        self._send_pending()  # returns None: the transport closes (no writes after EOF)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.receive_eof()  # idempotent; the protocol is CLOSED now
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self.stop_keepalive()
+        if not self._response.done():
+            self._response.set_result(None)  # handshake_exc says why
+        self.pump.connection_lost()
+
+    # -- the opening handshake --------------------------------------------------------------------
+
+    async def send_request(self, request: Request) -> None:
+        """Send the upgrade request; return once the response came (protocol.handshake_exc
+        tells whether it failed) or the connection was lost."""
+        self._protocol.send_request(request)
+        self._send_pending()
+        await self._response
+
+    def _receive_response(self, events: list[Event]) -> list[Frame]:
+        """The first event is the handshake response; frames may follow in the same read."""
+        if not events:
+            return []
+        if not isinstance(events[0], Response):
+            raise AssertionError("the first event of a client connection is its response")
+        self._response.set_result(None)
+        return cast("list[Frame]", events[1:])
+
+    # -- frames -----------------------------------------------------------------------------------
+
+    def _receive_fragment(self, frame: Frame, receive_ts_ns: int) -> None:
+        # The protocol already enforces max_size over a fragmented message (1009); the pump's
+        # own limit is for drivers whose library does not.
+        if not self.pump.receive_fragment(
+            bytes(frame.data), receive_ts_ns, first=frame.opcode is not _CONT, fin=frame.fin
+        ):
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+    # -- FrameLink: what the pump asks of the connection ------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def send_text(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol.state is State.OPEN:  # closing: the next connection subscribes anew
+            protocol.send_text(data)
+            self._send_pending()
+
+    def start_close(self, reason: str) -> None:
+        protocol = self._protocol
+        if protocol.state is State.OPEN:
+            protocol.send_close(CloseCode.NORMAL_CLOSURE, reason)
+            self._send_pending()
+            self._start_close_timer()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- keepalive (§3: the exchange answers pings) -----------------------------------------------
+
+    def start_keepalive(self, interval_s: float | None) -> None:
+        if interval_s is not None:
+            self._keepalive = asyncio.create_task(self._ping_every(interval_s), name="keepalive")
+
+    def stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    async def _ping_every(self, interval_s: float) -> None:
+        """A ping every interval; no pong within the interval → fail 1011, as websockets'."""
+        loop = asyncio.get_running_loop()
+        while self._protocol.state is State.OPEN:
+            await asyncio.sleep(interval_s)
+            if self._protocol.state is not State.OPEN:
+                return
+            self._ping_payload = struct.pack("!I", random.getrandbits(32))
+            pong = self._pong = loop.create_future()
+            self._protocol.send_ping(self._ping_payload)
+            self._send_pending()
             try:
-                data = await ws.recv(decode=False)
-            except ConnectionClosed:
-                return
-            receive_ts_ns = clock_ns()
-            if recorder is not None:
-                recorder.write_frame(connection_id, data, receive_ts_ns)
-            record = session.receive_frame(data, receive_ts_ns)
-            if record is not None:
-                try:
-                    sink.put_nowait(record)  # no await per record while the queue has room
-                except asyncio.QueueFull:
-                    await sink.put(record)
-            if session.has_events or session.has_commands:
-                await self._after_frame(ws)
-            if self._events.reconnect_reason is not None:
-                await ws.close(code=1000, reason="resync")
+                async with asyncio.timeout(interval_s):
+                    await pong
+            except TimeoutError:
+                self._fail(CloseCode.INTERNAL_ERROR, _KEEPALIVE_REASON)
                 return
 
+    def keepalive_timed_out(self) -> bool:
+        sent = self._protocol.close_sent
+        return (
+            sent is not None
+            and sent.code == CloseCode.INTERNAL_ERROR
+            and (sent.reason == _KEEPALIVE_REASON)
+        )
 
-def _keepalive_timed_out(ws: ClientConnection) -> bool:
-    """websockets fails the connection with 1011 "keepalive ping timeout" when a pong is late."""
-    sent = ws.protocol.close_sent
-    return sent is not None and sent.code == 1011 and "keepalive" in sent.reason
+    # -- the end of the connection ----------------------------------------------------------------
 
-
-def _close_reason(ws: ClientConnection) -> str:
-    if ws.close_code is None:
+    def close_reason(self) -> str:
+        protocol = self._protocol
+        received: Close | None = protocol.close_rcvd
+        if received is not None:
+            return f"close code {int(received.code)} {received.reason!r}".strip()
+        failure = protocol.parser_exc  # a violation websockets detected (it sent the close)
+        if failure is not None and not isinstance(failure, EOFError):
+            return f"protocol error: {failure}"
+        sent = protocol.close_sent
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+            return "protocol error: message too big"
         return "connection lost without a close frame"
-    return f"close code {ws.close_code} {ws.close_reason!r}".strip()
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): our close frame, then wait for the exchange
+        to close TCP (reading on, whatever the sink says) or the close timeout."""
+        self.pump.resume_for_close()
+        if self._protocol.state is State.OPEN:
+            self._protocol.fail(code, reason)
+            self._send_pending()
+            self._start_close_timer()
+
+    def _send_pending(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for data in self._protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():  # the protocol's end of stream: half-close
+                transport.write_eof()
+            else:
+                transport.close()
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, self.abort)
+
+    def _close_transport(self) -> None:
+        # Both close frames went: the closing handshake is done. RFC 6455 §7.1.1 lets the
+        # client close TCP now rather than wait for the server to (websockets waits).
+        if self._transport is not None:
+            self._transport.close()

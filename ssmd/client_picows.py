@@ -1,11 +1,11 @@
 """The optional picows driver for one Kalshi WebSocket connection (`exchange.client: picows`,
-extra `ssmd[fast]`): the same public surface and guarantees as ssmd.client.KalshiClient,
-with frames handed to the session from picows' frame callback instead of an awaited recv()."""
+extra `ssmd[fast]`): the same public surface and guarantees as ssmd.client.KalshiClient; a thin
+adapter from picows' frame callback to ssmd.client_pump's FramePump."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import socket
 
 from picows import (
     WSAutoPingStrategy,
@@ -21,17 +21,20 @@ from picows import (
 
 from ssmd.client_events import (
     MAX_FRAME_BYTES,
-    TICK_S,
     ClientBase,
     report_connection_end,
 )
+from ssmd.client_pump import CLOSE_TIMEOUT_S, FramePump
 from ssmd.errors import ExchangeUnavailable, HandshakeRejected
-from ssmd.records import Record, StatusEvent
+from ssmd.records import StatusEvent
 
-# Frames parsed while the pump has work pending wait here; past this many, reading pauses.
-_BACKLOG_PAUSE_FRAMES = 64
-_CLOSE_TIMEOUT_S = 10.0  # our close frame sent → the exchange's close frame (as websockets)
 _KEEPALIVE_CLOSE = WSCloseCode.GOING_AWAY  # what picows sends when a pong is late
+# picows doubles its read buffer whenever one read fills it past 90 %, and one read takes all
+# the socket holds: under blast, Linux autotunes the receive buffer towards tcp_rmem's maximum
+# (32 MiB here), so the read buffer and the frames parsed from one read grew with it (peak RSS
+# 220 MB against 100 with websockets). A fixed receive buffer bounds both; 1 MiB still covers
+# ~20 MB/s at a 50 ms round trip, far above a Kalshi connection's rate.
+RECEIVE_BUFFER_BYTES = 1024 * 1024
 
 
 class PicowsKalshiClient(ClientBase):
@@ -43,30 +46,33 @@ class PicowsKalshiClient(ClientBase):
     """
 
     library = "picows"
+    _listener: _FrameListener | None = None
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading is paused now: a full sink holds the exchange back through TCP."""
+        return self._listener is not None and self._listener.pump.paused
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and pump frames. Returns after a requested stop; raises otherwise."""
         transport, listener = await self._connect()
-        self.connected.set()
-        await self._emit_marked(self.session.status_record(StatusEvent.CONNECTED, self._clock_ns()))
-        self._log.info("client.connected")
-        for command in self.session.commands_to_send():
-            transport.send(WSMsgType.TEXT, command)
-        pump = asyncio.create_task(listener.pump(), name="client-pump")
-        closer = asyncio.create_task(self._close_on(stop, listener), name="client-closer")
-        ticker = asyncio.create_task(self._tick(listener), name="client-ticker")
+        self._listener = listener
+        pump = listener.pump
         try:
-            await transport.wait_disconnected()
-        except WSError as exc:  # a protocol violation picows detected: it closed with an error
-            listener.failure = str(exc)
+            self.connected.set()
+            connected = self.session.status_record(StatusEvent.CONNECTED, self._clock_ns())
+            await self._emit_marked(connected)
+            self._log.info("client.connected")
+            for command in self.session.commands_to_send():
+                transport.send(WSMsgType.TEXT, command)
+            await pump.run(stop)
         finally:
-            closer.cancel()
-            ticker.cancel()
-            if not listener.disconnected:  # cancelled: no draining, just go
+            if not pump.disconnected:  # cancelled before the pump ran: just go
                 transport.disconnect(graceful=False)
-                pump.cancel()
-        listener.wake.set()
-        await pump  # every frame received before the disconnect still reaches the sink
+        try:
+            await transport.wait_disconnected()  # done: raises what picows detected, if any
+        except WSError as exc:  # a protocol violation: picows closed with an error
+            listener.failure = str(exc)
         reason = self._events.reconnect_reason or _close_reason(transport, listener)
         await report_connection_end(
             session=self.session,
@@ -111,66 +117,26 @@ class PicowsKalshiClient(ClientBase):
         assert isinstance(listener, _FrameListener)
         return transport, listener
 
-    async def _close_on(self, stop: asyncio.Event, listener: _FrameListener) -> None:
-        await stop.wait()
-        self._log.info("client.closing")
-        # Our close frame goes out; frames the exchange sent before its own close frame are
-        # still delivered to the session, so nothing already sent to us is lost.
-        listener.close(WSCloseCode.OK, "")
-
-    async def _tick(self, listener: _FrameListener) -> None:
-        """Give the session the time when no frame does (repair deadlines, §4.3)."""
-        while True:
-            await asyncio.sleep(TICK_S)
-            self._poll()
-            await self.after_frame(listener.transport)
-            if listener.check_reconnect():
-                return
-
-    async def after_frame(self, transport: WSTransport) -> None:
-        """Handle what the session produced (ClientBase._drain_session)."""
-
-        async def send_command(command: bytes) -> None:
-            transport.send(WSMsgType.TEXT, command)
-
-        await self._drain_session(send_command)
-
-    @property
-    def reconnect_reason(self) -> str | None:
-        return self._events.reconnect_reason
-
 
 class _FrameListener(WSListener):
-    """picows' callbacks: the hot path (decode and queue in the callback) and the pump task
-    that takes over, in order, whenever something must be awaited."""
+    """picows' callbacks into the FramePump, and what the pump asks of picows (FrameLink)."""
 
     def __init__(self, client: PicowsKalshiClient) -> None:
         super().__init__()
-        self._client = client
-        self._session = client.session
-        self._sink = client._sink
         self._clock_ns = client._clock_ns
-        # Frames are recorded as the session takes them (arrival order, receive times), so a
-        # replay sees what the session saw; those dropped for a resync close are not.
-        self._recorder = client.recorder
-        self._connection_id = client.session.connection_id
         self.transport: WSTransport
-        self.wake = asyncio.Event()
+        self.pump = FramePump(client, self)
+        self._receive = self.pump.receive
         self.failure: str | None = None
-        self._backlog: collections.deque[tuple[bytes, int]] = collections.deque()
-        self._held: Record | None = None  # the record the full sink did not take yet
-        self._busy = False  # the pump owns the session until it has caught up
-        self._paused = False
-        self._fragments: bytearray | None = None
-        self._fragments_ts_ns = 0
-        self.disconnected = False
-        self._discarding = False  # a resync close is under way: later frames are not wanted
         self._close_timer: asyncio.TimerHandle | None = None
 
     # -- picows callbacks (synchronous, on the event loop) ----------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        sock = transport.underlying_transport.get_extra_info("socket")
+        if sock is not None:  # before the subscriptions: no data is flowing yet
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -179,114 +145,22 @@ class _FrameListener(WSListener):
         elif msg_type is WSMsgType.CLOSE:
             self._receive_close(transport)
         elif msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
-            # A fragmented message (RFC 6455 §5.4): stamped when its first frame arrived.
-            self._fragments = bytearray(frame.get_payload_as_bytes())
-            self._fragments_ts_ns = self._clock_ns()
-        elif msg_type is WSMsgType.CONTINUATION and self._fragments is not None:
-            self._fragments += frame.get_payload_as_bytes()
-            if len(self._fragments) > MAX_FRAME_BYTES:
+            self.pump.receive_fragment(
+                frame.get_payload_as_bytes(), self._clock_ns(), first=True, fin=False
+            )
+        elif msg_type is WSMsgType.CONTINUATION:
+            fits = self.pump.receive_fragment(
+                frame.get_payload_as_bytes(), self._clock_ns(), first=False, fin=frame.fin
+            )
+            if not fits:
                 self.failure = "message too big"
                 transport.send_close(WSCloseCode.MESSAGE_TOO_BIG)
                 transport.disconnect()
-            elif frame.fin:
-                data, self._fragments = bytes(self._fragments), None
-                self._receive(data, self._fragments_ts_ns)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.disconnected = True
         if self._close_timer is not None:
             self._close_timer.cancel()
-        self.wake.set()
-
-    # -- frames into the session ------------------------------------------------------------------
-
-    def _receive(self, data: bytes, receive_ts_ns: int) -> None:
-        if self._discarding:
-            return
-        if self._busy:
-            self._backlog.append((data, receive_ts_ns))
-            if len(self._backlog) >= _BACKLOG_PAUSE_FRAMES:
-                self._pause()
-            return
-        session = self._session
-        if self._recorder is not None:
-            self._recorder.write_frame(self._connection_id, data, receive_ts_ns)
-        record = session.receive_frame(data, receive_ts_ns)
-        if record is not None:
-            try:
-                self._sink.put_nowait(record)
-            except asyncio.QueueFull:
-                self._held = record
-                self._busy = True
-                self._pause()
-        if session.has_events or session.has_commands:
-            self._busy = True
-        if self._busy:
-            self.wake.set()
-
-    async def pump(self) -> None:
-        """Whatever the callback could not finish without awaiting, in arrival order; returns
-        once the connection is gone and everything received has been handled."""
-        client = self._client
-        session = self._session
-        sink = self._sink
-        backlog = self._backlog
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if self._held is not None:
-                await sink.put(self._held)
-                self._held = None
-            await client.after_frame(self.transport)
-            while backlog and not self._discarding:
-                data, receive_ts_ns = backlog.popleft()
-                if self._recorder is not None:
-                    self._recorder.write_frame(self._connection_id, data, receive_ts_ns)
-                record = session.receive_frame(data, receive_ts_ns)
-                if record is not None:
-                    try:
-                        sink.put_nowait(record)
-                    except asyncio.QueueFull:
-                        await sink.put(record)
-                if session.has_events or session.has_commands:
-                    await client.after_frame(self.transport)
-                self.check_reconnect()
-            self.check_reconnect()
-            self._busy = False
-            if self._paused and not self.disconnected:
-                self._paused = False
-                self.transport.underlying_transport.resume_reading()
-            if self.disconnected:
-                return
-
-    def check_reconnect(self) -> bool:
-        """When the session asked for a reconnect: drop what is queued and close ("resync")."""
-        if self._client.reconnect_reason is None:
-            return False
-        if not self._discarding:
-            self._discarding = True
-            self._backlog.clear()
-            self.close(WSCloseCode.OK, "resync")
-        return True
-
-    def _pause(self) -> None:
-        if not self._paused:
-            self._paused = True
-            self.transport.underlying_transport.pause_reading()
-
-    # -- the closing handshake --------------------------------------------------------------------
-
-    def close(self, code: WSCloseCode, reason: str) -> None:
-        """Send our close frame and keep reading until the exchange's (or a timeout)."""
-        transport = self.transport
-        if self.disconnected or transport.is_close_frame_sent:
-            return
-        transport.send_close(code, reason.encode())
-        if self._paused:  # the exchange's close frame must be read even with a full sink
-            self._paused = False
-            transport.underlying_transport.resume_reading()
-        loop = asyncio.get_running_loop()
-        self._close_timer = loop.call_later(_CLOSE_TIMEOUT_S, transport.disconnect, False)
+        self.pump.connection_lost()
 
     def _receive_close(self, transport: WSTransport) -> None:
         if not transport.is_close_frame_sent:
@@ -294,6 +168,30 @@ class _FrameListener(WSListener):
             code = handshake.recv.code if handshake and handshake.recv else WSCloseCode.OK
             transport.send_close(code if isinstance(code, WSCloseCode) else WSCloseCode.OK)
         transport.disconnect()
+
+    # -- FrameLink --------------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self.transport.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.underlying_transport.resume_reading()
+
+    def send_text(self, data: bytes) -> None:
+        if not self.transport.is_close_frame_sent:  # closing: the next connection subscribes
+            self.transport.send(WSMsgType.TEXT, data)
+
+    def start_close(self, reason: str) -> None:
+        """Send our close frame and keep reading until the exchange's (or a timeout)."""
+        transport = self.transport
+        if self.pump.disconnected or transport.is_close_frame_sent:
+            return
+        transport.send_close(WSCloseCode.OK, reason.encode())
+        loop = asyncio.get_running_loop()
+        self._close_timer = loop.call_later(CLOSE_TIMEOUT_S, transport.disconnect, False)
+
+    def abort(self) -> None:
+        self.transport.disconnect(graceful=False)
 
 
 def _keepalive_timed_out(transport: WSTransport) -> bool:

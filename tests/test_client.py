@@ -1,0 +1,321 @@
+"""The websockets client driver on its own, against scripted servers on 127.0.0.1: a refused
+handshake, a fragmented message, a message over the limit (1009), an exchange that never pongs,
+and backpressure from a full sink (reading pauses; once drained, nothing is lost or reordered).
+The fragment, limit and backpressure tests also run the picows driver (the shared FramePump)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from ssmd.auth import Credentials
+from ssmd.client import KalshiClient
+from ssmd.client_events import MAX_FRAME_BYTES
+from ssmd.client_picows import PicowsKalshiClient
+from ssmd.errors import ExchangeUnavailable, HandshakeRejected
+from ssmd.messages import Channel
+from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent
+from ssmd.session import KalshiSession
+from tests.conftest import wait_until
+
+KEY_ID = "client-test-key"
+MARKET = "KXGOLDH-26AUG2711-T4615.99"
+ClientClass = type[KalshiClient] | type[PicowsKalshiClient]
+BOTH_CLIENTS = pytest.mark.parametrize("client_class", [KalshiClient, PicowsKalshiClient])
+
+
+def subscribed() -> str:
+    return json.dumps(
+        {"type": "subscribed", "id": 1, "msg": {"channel": "orderbook_delta", "sid": 1}}
+    )
+
+
+def snapshot() -> str:
+    msg = {
+        "market_ticker": MARKET,
+        "yes_dollars_fp": [["0.0100", "1410.00"]],
+        "no_dollars_fp": [["0.0100", "100.00"], ["0.0200", "2500.00"]],
+    }
+    return json.dumps({"type": "orderbook_snapshot", "sid": 1, "seq": 1, "msg": msg})
+
+
+def delta(seq: int) -> str:
+    msg = {
+        "market_ticker": MARKET,
+        "price_dollars": f"0.{seq % 90 + 5:02d}00",
+        "delta_fp": "1.00",
+        "side": "yes",
+        "ts": "2026-08-27T13:56:23.996443Z",
+    }
+    return json.dumps({"type": "orderbook_delta", "sid": 1, "seq": seq, "msg": msg})
+
+
+def new_session() -> KalshiSession:
+    return KalshiSession(
+        connection_id="t/1",
+        channels=[Channel.ORDERBOOK_DELTA],
+        markets=[MARKET],
+        use_yes_price=True,
+    )
+
+
+def new_client(
+    client_class: ClientClass,
+    url: str,
+    key: rsa.RSAPrivateKey,
+    sink: asyncio.Queue[Record | None],
+    ping_interval_s: float | None = 10.0,
+) -> KalshiClient | PicowsKalshiClient:
+    return client_class(
+        url=url,
+        credentials=Credentials(KEY_ID, key),
+        session=new_session(),
+        sink=sink,
+        ping_interval_s=ping_interval_s,
+    )
+
+
+def untimed(records: list[Record]) -> list[Record]:
+    return [msgspec.structs.replace(r, receive_ts_ns=0) for r in records]
+
+
+def drained(sink: asyncio.Queue[Record | None]) -> list[Record]:
+    records: list[Record] = []
+    while not sink.empty():
+        record = sink.get_nowait()
+        assert record is not None
+        records.append(record)
+    return records
+
+
+@contextlib.asynccontextmanager
+async def scripted(handler: Callable[[ServerConnection], Awaitable[None]]) -> AsyncIterator[str]:
+    """A websockets server running `handler` once the client's subscribe command came."""
+
+    async def serve_one(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscribe command
+        await ws.send(subscribed())
+        await handler(ws)
+
+    async with serve(serve_one, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+
+
+async def test_a_refused_handshake_is_handshake_rejected_with_status_and_body(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    body = b'{"error":"invalid signature"}'
+    requests: list[bytes] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+        client = new_client(KalshiClient, url, rsa_key, asyncio.Queue())
+        with pytest.raises(HandshakeRejected) as info:
+            await client.run(asyncio.Event())
+    assert info.value.status_code == 401
+    assert info.value.body == body.decode()
+    assert info.value.url == url
+    assert not client.connected.is_set()
+    # The request was signed (§2.3) and asked for no compression.
+    request = requests[0].lower()
+    assert f"kalshi-access-key: {KEY_ID}".encode() in request
+    assert b"kalshi-access-signature: " in request
+    assert b"sec-websocket-extensions" not in request
+
+
+async def test_nothing_listening_is_exchange_unavailable(rsa_key: rsa.RSAPrivateKey) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    client = new_client(KalshiClient, f"ws://127.0.0.1:{port}/", rsa_key, asyncio.Queue())
+    with pytest.raises(ExchangeUnavailable) as info:
+        await client.run(asyncio.Event())
+    assert info.value.reason.startswith("cannot connect")
+
+
+@BOTH_CLIENTS
+async def test_a_fragmented_message_is_reassembled(
+    client_class: ClientClass, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    second = delta(2)
+    frames = [subscribed(), snapshot(), second, delta(3)]
+
+    async def send(ws: ServerConnection) -> None:
+        await ws.send(snapshot())
+        thirds = len(second) // 3
+        await ws.send([second[:thirds], second[thirds : 2 * thirds], second[2 * thirds :]])
+        await ws.send(delta(3))
+        await ws.wait_closed()
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    async with scripted(send) as url:
+        client = new_client(client_class, url, rsa_key, sink)
+        stop = asyncio.Event()
+        run = asyncio.create_task(client.run(stop))
+        await wait_until(lambda: client.session.stats.frames_received == 4, 10, "4 frames")
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    records = drained(sink)
+    expected_session = new_session()
+    expected = [expected_session.receive_frame(frame.encode(), 0) for frame in frames]
+    data = [r for r in records if not isinstance(r, Status)]
+    assert untimed(data) == [r for r in expected if r is not None]
+    assert [type(r) for r in data] == [BookSnapshot, BookDelta, BookDelta]
+    assert client.session.stats.malformed_by_reason == {}
+
+
+@BOTH_CLIENTS
+async def test_a_message_over_the_limit_fails_the_connection_with_1009(
+    client_class: ClientClass, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    received: list[Close | None] = []
+    chunk = "x" * (1024 * 1024)
+
+    async def send_too_much(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the client's close frame ends it
+            await ws.send(chunk for _ in range(MAX_FRAME_BYTES // len(chunk) + 1))
+        await ws.wait_closed()
+        received.append(ws.protocol.close_rcvd)
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    async with scripted(send_too_much) as url:
+        client = new_client(client_class, url, rsa_key, sink)
+        with pytest.raises(ExchangeUnavailable) as info:
+            await asyncio.wait_for(client.run(asyncio.Event()), 20)
+    assert received[0] is not None
+    assert received[0].code == 1009
+    assert "protocol error" in info.value.reason
+    # websockets' words, or picows' (whose limit is per frame: the pump's is per message).
+    assert "exceeds limit of 16777216" in info.value.reason or "too big" in info.value.reason
+    statuses = [r for r in drained(sink) if isinstance(r, Status)]
+    assert [s.event for s in statuses] == [
+        StatusEvent.CONNECTED,
+        StatusEvent.SUBSCRIBED,
+        StatusEvent.DISCONNECTED,
+    ]
+    assert client.session.stats.frames_received == 1  # the subscribed frame only
+
+
+async def test_an_exchange_that_never_pongs_is_a_keepalive_timeout(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    """The server accepts and reads but answers nothing: no pong, no close frame back."""
+    closes: list[Close] = []
+    pings = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal pings
+        protocol = ServerProtocol()
+        while data := await reader.read(65536):
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Request):
+                    protocol.send_response(protocol.accept(event))
+                    for out in protocol.data_to_send():  # the handshake response only
+                        writer.write(out)
+                elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+                    pings += 1
+                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                    closes.append(Close.parse(event.data))
+                    writer.close()  # as the exchange's TCP close, without a close frame
+                    return
+            protocol.data_to_send()  # pongs are dropped: a silent exchange
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+        client = new_client(KalshiClient, url, rsa_key, sink, ping_interval_s=0.2)
+        with pytest.raises(ExchangeUnavailable) as info:
+            await asyncio.wait_for(client.run(asyncio.Event()), 10)
+    assert pings == 1
+    assert closes == [Close(1011, "keepalive ping timeout")]
+    assert info.value.reason == "connection closed: stale: no pong within 0.2 s"
+    statuses = [r for r in drained(sink) if isinstance(r, Status)]
+    assert [s.event for s in statuses] == [
+        StatusEvent.CONNECTED,
+        StatusEvent.STALE,
+        StatusEvent.DISCONNECTED,
+    ]
+    assert statuses[1].reason == "stale: no pong within 0.2 s"
+
+
+@BOTH_CLIENTS
+async def test_a_full_sink_pauses_reading_and_nothing_is_lost(
+    client_class: ClientClass, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # Far more than the kernel's socket buffers hold: the server must wait for the client.
+    count = 40_000
+    sent = 0
+    server_ws: list[ServerConnection] = []
+
+    async def send_all(ws: ServerConnection) -> None:
+        nonlocal sent
+        server_ws.append(ws)
+        await ws.send(snapshot())
+        for seq in range(2, count + 2):
+            await ws.send(delta(seq))
+            sent += 1
+        await ws.wait_closed()
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=1)
+    async with scripted(send_all) as url:
+        client = new_client(client_class, url, rsa_key, sink)
+        stop = asyncio.Event()
+        run = asyncio.create_task(client.run(stop))
+        await wait_until(lambda: client.reading_paused, 10, "reading to pause")
+
+        def server_blocked() -> bool:
+            transport = server_ws[0].transport if server_ws else None
+            return transport is not None and transport.get_write_buffer_size() > 0
+
+        await wait_until(server_blocked, 10, "the exchange's writes to block")
+        assert client.reading_paused
+        assert sent < count
+        assert client.session.stats.frames_received < 200  # the rest waits in TCP
+
+        records: list[Record] = []
+
+        async def drain() -> None:
+            while (record := await sink.get()) is not None:
+                records.append(record)
+
+        drainer = asyncio.create_task(drain())
+        frames = count + 2
+        await wait_until(lambda: client.session.stats.frames_received == frames, 60, "all")
+        stop.set()
+        await asyncio.wait_for(run, 30)
+        await sink.put(None)
+        await drainer
+    deltas = [r.seq for r in records if isinstance(r, BookDelta)]
+    assert deltas == list(range(2, count + 2))
+    assert sum(1 for r in records if isinstance(r, BookSnapshot)) == 1
+    assert isinstance(records[-1], Status)
+    assert records[-1].event is StatusEvent.DISCONNECTED
+    assert records[-1].reason == "shutdown"
