@@ -47,6 +47,7 @@ from ssmd.transport.nats import (
     StreamMissing,
     connect_nats,
 )
+from ssmd.transport.nats_client import AckPatterns
 from ssmd.transport.nats_core import (
     LATENCY_BOUNDS_NS,
     AckWatch,
@@ -228,32 +229,64 @@ def test_ack_window_settles_in_any_order_and_counts() -> None:
     assert stats.reconnects == 2
 
 
-def test_stored_acks_settle_together_and_the_rest_are_left_to_parse() -> None:
-    """settle_stored settles `{"stream":<ours>,"seq":N}` (N > 0) exactly as settle() would,
-    and hands back, in order, every ack that needs a real parse."""
-    head = stored_ack_head("S_1")
-    assert head == b'{"stream":"S_1","seq":'
+def test_stored_acks_settle_together_as_settle_would() -> None:
+    """settle_stored settles the numbers of usual acks exactly as settle(n, duplicate=False)
+    would; a number not pending (a re-send's ack) is not counted."""
     fast, slow = AckWindow(capacity=10), AckWindow(capacity=10)
     for window in (fast, slow):
         for k in range(6):
-            window.add((f"s.{k}", 10 + k, b"", "ab"[k % 2], TS - 3 * MS, TS - 2 * MS))
-    acks = [
-        (b"0", b'{"stream":"S_1","seq":41}'),
+            window.add((f"s.{k}", 10 + k, b"", "ab"[k % 2], TS - 3 * MS, TS - (2 + k // 3) * MS))
+    assert fast.settle_stored([0, 4, 9, 5], TS) == 3
+    for n in (0, 4, 5):
+        assert slow.settle(n, duplicate=False, now_ns=TS)
+    assert fast.stats(reconnects=0) == slow.stats(reconnects=0)
+    assert fast.latency() == slow.latency()
+    assert list(fast.pending) == [1, 2, 3]
+
+
+def ack_bytes(n: int, body: bytes) -> bytes:
+    """One ack as nats-server sends it: `MSG <inbox>.<n> 5 <size>` and the body."""
+    return b"MSG _INBOX.abc.%d 5 %d\r\n%s\r\n" % (n, len(body), body)
+
+
+def test_a_read_is_split_into_usual_acks_and_others_in_order() -> None:
+    """Usual acks (`{"stream":<ours>,"seq":N}`, N > 0) give their numbers, every other ack
+    its (n, data); a message that is not our ack ends the split, a cut ack waits."""
+    head = stored_ack_head("S_1")
+    assert head == b'{"stream":"S_1","seq":'
+    patterns = AckPatterns("_INBOX.abc", 5, head)
+    others = [
         (b"1", b'{"stream":"S_1","seq":42,"duplicate":true}'),
         (b"2", b'{"stream":"OTHER","seq":43}'),
         (b"3", b'{"stream":"S_1","seq":0}'),
-        (b"4", b'{"stream":"S_1","seq":44}'),
-        (b"9", b'{"stream":"S_1","seq":45}'),  # not pending (a re-send's ack): not counted
         (b"5", b'{"stream":"S_1","domain":"d","seq":46}'),
+        (b"6", b'{"stream":"S_1","seq":047}'),
     ]
-    settled, others = fast.settle_stored(acks, head, TS)
-    assert settled == 2
-    assert others == [acks[1], acks[2], acks[3], acks[6]]
-    assert slow.settle(0, duplicate=False, now_ns=TS)
-    assert slow.settle(4, duplicate=False, now_ns=TS)
-    assert fast.stats(reconnects=0) == slow.stats(reconnects=0)
-    assert fast.latency() == slow.latency()
-    assert list(fast.pending) == [1, 2, 3, 5]
+    data = (
+        ack_bytes(0, b'{"stream":"S_1","seq":41}')
+        + ack_bytes(12, b'{"stream":"S_1","seq":1234567890123}')
+        + b"".join(ack_bytes(int(n), body) for n, body in others[:3])
+        + ack_bytes(4, b'{"stream":"S_1","seq":44}')
+        + b"".join(ack_bytes(int(n), body) for n, body in others[3:])
+        + ack_bytes(7, b'{"stream":"S_1","seq":48}')
+    )
+    assert patterns.split(bytearray(data)) == ([0, 12, 4, 7], others, len(data), True)
+    other_sub = b"MSG other.subject 9 2\r\nhi\r\n"
+    stored = ack_bytes(8, b'{"stream":"S_1","seq":49}')
+    cut = stored + ack_bytes(9, b'{"stream":"S_1","seq":50}')[:-3]
+    assert patterns.split(bytearray(cut)) == ([8], [], len(stored), False)
+    assert patterns.split(bytearray(stored + other_sub + stored)) == ([8], [], len(stored), True)
+    assert patterns.split(bytearray(other_sub + stored)) == ([], [], 0, True)
+    # A usual ack's bytes and more before the end its size says: the size frames it.
+    odd_data = b'{"stream":"S_1","seq":51}\r\n{}'
+    odd = ack_bytes(10, odd_data)
+    assert patterns.split(bytearray(stored + odd)) == (
+        [8],
+        [(b"10", odd_data)],
+        len(stored + odd),
+        True,
+    )
+    assert patterns.split(bytearray()) == ([], [], 0, True)
 
 
 def test_msg_ids_from_a_market_prefix_are_what_msg_id_for_says() -> None:
@@ -384,23 +417,39 @@ def test_header_values_are_cleaned_as_nats_py_does(text: str, value: bytes) -> N
     assert header_value(text) == value
 
 
-@pytest.mark.parametrize("cuts", [(), (25,), (12, 40), (36, 60, 75), tuple(range(1, 140, 7))])
+@pytest.mark.parametrize(
+    "cuts", [(), (25,), (12, 40), (36, 60, 75), (50, 90, 130, 170), tuple(range(1, 240, 7))]
+)
 async def test_acks_are_routed_from_the_parser_however_the_reads_are_cut(
     cuts: tuple[int, ...],
 ) -> None:
     client = AckClient()  # not connected: only its parser runs
+    stored: list[int] = []
     received: list[tuple[bytes, bytes]] = []
-    client.route_acks("_INBOX.abc", 5, received.extend)
 
-    def ack(n: int, body: bytes) -> bytes:
-        return b"MSG _INBOX.abc.%d 5 %d\r\n%s\r\n" % (n, len(body), body)
+    def on_pub_acks(stored_ns: list[int], others: list[tuple[bytes, bytes]]) -> None:
+        stored.extend(stored_ns)
+        received.extend(others)
 
+    client.route_acks("_INBOX.abc", 5, stored_ack_head("S"), on_pub_acks)
     other = b"MSG other.subject 9 2\r\nhi\r\n"  # not ours: nats-py's path (no such sub)
-    data = ack(0, b'{"seq":1}') + ack(1, b'{"seq":2}') + other + ack(12, b'{"seq":3}')
+    bodies = {
+        0: b'{"stream":"S","seq":1}',
+        1: b'{"seq":2}',
+        2: b'{"stream":"S","seq":3}',
+        12: b'{"seq":4}',
+        13: b'{"stream":"S","seq":5}',
+    }
+    data = b"".join(ack_bytes(n, bodies[n]) for n in (0, 1, 2)) + other
+    data += b"".join(ack_bytes(n, bodies[n]) for n in (12, 13))
     bounds = [0, *cuts, len(data)]
     for start, end in itertools.pairwise(bounds):
         await client._ps.parse(data[start:end])
-    assert received == [(b"0", b'{"seq":1}'), (b"1", b'{"seq":2}'), (b"12", b'{"seq":3}')]
+    # Every ack once: a usual one by number (or, after nats-py parsed the other message, as
+    # it came), any other with its data.
+    assert set(stored) <= {0, 2, 13}
+    assert sorted([*stored, *(int(n) for n, _ in received)]) == sorted(bodies)
+    assert all(bodies[int(n)] == body for n, body in received)
     assert not client._ps.buf
 
 

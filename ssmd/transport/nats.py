@@ -288,11 +288,11 @@ class NatsTransport:
         n_text = msg.subject[self._inbox_len :].encode()
         self._apply_ack(n_text, parse_pub_ack(msg.data, msg.headers), generation)
 
-    def _apply_acks(self, acks: PubAcks, generation: int) -> None:
+    def _apply_acks(self, stored: list[int], others: PubAcks, generation: int) -> None:
         """The acks of one read (AckParser): the usual ones settled together (settle_stored,
         one clock read), any other through parse_pub_ack."""
         window = self._window
-        settled, others = window.settle_stored(acks, self._stored_ack_head, self._clock_ns())
+        settled = window.settle_stored(stored, self._clock_ns()) if stored else 0
         for n_text, data in others:
             self._apply_ack(n_text, parse_pub_ack(data, None), generation)
         if settled:
@@ -379,11 +379,11 @@ class NatsTransport:
             async def receive_ack(msg: Msg) -> None:
                 await self._receive_ack(msg, generation)
 
-            def receive_pub_acks(acks: PubAcks) -> None:
-                self._apply_acks(acks, generation)
+            def receive_pub_acks(stored: list[int], others: PubAcks) -> None:
+                self._apply_acks(stored, others, generation)
 
             subscription = await nc.subscribe(f"{inbox}.*", cb=receive_ack)
-            nc.route_acks(inbox, subscription._id, receive_pub_acks)
+            nc.route_acks(inbox, subscription._id, self._stored_ack_head, receive_pub_acks)
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()

@@ -8,6 +8,7 @@ pyproject pins nats-py 2.16.x.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,38 +43,92 @@ _CRLF_LEN = 2
 class AckParser(Parser):
     """nats-py's protocol parser with a fast path for the acks at the front of what was read.
 
-    `MSG <inbox>.<n> <sid> <size>` with our ack subscription's sid is matched with one regex;
-    the acks of one read go to `on_pub_acks([(n, data), ...])` in one call. Anything else, and
-    a message not yet whole, is left to nats-py's own parse (nats/protocol/parser.py), which
-    continues from there.
+    A run of usual acks (`MSG <inbox>.<n> <sid> <size>` + `{"stream":<ours>,"seq":N}`) is
+    matched by one `findall` over the buffer (AckPatterns.stored); the first other ack (a
+    duplicate, an error) ends the run and the rest of the read is taken one ack at a time
+    (AckPatterns.line). Each read gives one `on_pub_acks(stored_ns, others)` call: the numbers
+    of the usual acks, then (n, data) of the others. Anything that is not our ack, and an ack
+    not yet whole, is left to nats-py's own parse (nats/protocol/parser.py), which continues
+    from there.
     """
 
     def __init__(self, nc: Client) -> None:
         super().__init__(nc)
-        self.ack_line: re.Pattern[bytes] | None = None
-        self.on_pub_acks: Callable[[PubAcks], None] | None = None
+        self.patterns: AckPatterns | None = None
+        self.on_pub_acks: Callable[[list[int], PubAcks], None] | None = None
 
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
-        ack_line, on_pub_acks = self.ack_line, self.on_pub_acks
-        if ack_line is not None and on_pub_acks is not None and self.state == AWAITING_CONTROL_LINE:
-            pos, size = 0, len(buf)
-            acks: PubAcks = []
-            while (line := ack_line.match(buf, pos)) is not None:
-                start = line.end()
-                end = start + int(line[2])
-                if end + _CRLF_LEN > size:  # the rest of this ack comes with the next read:
-                    del buf[:pos]  # keep the fast path for it (nats-py's would take over)
-                    if acks:
-                        on_pub_acks(acks)
-                    return
-                acks.append((line[1], bytes(buf[start:end])))
-                pos = end + _CRLF_LEN
+        patterns, on_pub_acks = self.patterns, self.on_pub_acks
+        if patterns is not None and on_pub_acks is not None and self.state == AWAITING_CONTROL_LINE:
+            stored, others, pos, whole = patterns.split(buf)
             if pos:
                 del buf[:pos]
-                on_pub_acks(acks)
+            if stored or others:
+                on_pub_acks(stored, others)
+            if not whole:  # the rest of an ack comes with the next read: keep the fast path
+                return
         await super().parse()
+
+
+class AckPatterns:
+    """The acks of one subscription (`{inbox}.<n>`, sid) as regular expressions, and the split
+    of a read into them. A usual ack is `{"stream":<ours>,"seq":N}` with N > 0 (head:
+    nats_core.stored_ack_head); its declared size is checked against what was matched."""
+
+    def __init__(self, inbox: str, sid: int, head: bytes) -> None:
+        line = b"MSG " + re.escape(inbox.encode()) + rb"\.(\d+) %d (\d+)\r\n" % sid
+        self.line = re.compile(line)
+        # One match per usual ack, then one that swallows the rest (no copy: no group) and
+        # ends findall there: the matches are contiguous from the start. One findall, then
+        # settle_stored by number: 1.16 → 0.54 µs per ack parsed and settled (measured).
+        stored = line + re.escape(head) + rb"([1-9]\d*)\}\r\n|(?s:.+)"
+        self.stored = re.compile(stored)
+        self.head = head
+        self.head_len = len(head)
+        # The size field of a usual ack by the digits of its seq (a uint64: at most 20).
+        self.sizes = {digits: b"%d" % (len(head) + digits + 1) for digits in range(1, 21)}
+        # Bytes of one usual ack besides its n, size and seq digits.
+        self.fixed_len = len(b"MSG %s. %d \r\n%s}\r\n" % (inbox.encode(), sid, head))
+
+    def split(self, buf: bytearray) -> tuple[list[int], PubAcks, int, bool]:
+        """The acks at the front of `buf`: the numbers of the usual ones, the others as (n,
+        data), both in order, how many bytes they took, and whether what follows is not an
+        ack of ours (False: an ack cut short by the end of the read)."""
+        stored: list[int] = []
+        others: PubAcks = []
+        found = self.stored.findall(buf)
+        head, head_len, sizes = self.head, self.head_len, self.sizes
+        for n_text, size_text, seq_text in found:
+            if size_text != sizes.get(len(seq_text)):
+                break  # the rest (or a size that says otherwise): one at a time below
+            stored.append(int(n_text))
+        else:
+            return stored, others, len(buf), True
+        # A read cut mid-ack, a duplicate, an error: where the run of usual acks ended.
+        count = len(stored)
+        pos = self.fixed_len * count + sum(map(len, itertools.chain(*found[:count])))
+        size = len(buf)
+        line_match = self.line.match
+        while (line := line_match(buf, pos)) is not None:
+            start = line.end()
+            end = start + int(line[2])
+            if end + _CRLF_LEN > size:
+                return stored, others, pos, False
+            data = bytes(buf[start:end])
+            seq_text = data[head_len:-1]
+            # JSON: only "0" itself starts with "0", and a seq of 0 is not a stored record.
+            if data.startswith(head) and data.endswith(b"}") and seq_text.isdigit():
+                usual = seq_text[0] != 48
+            else:
+                usual = False
+            if usual:
+                stored.append(int(line[1]))
+            else:
+                others.append((line[1], data))
+            pos = end + _CRLF_LEN
+        return stored, others, pos, True
 
 
 class AckClient(Client):
@@ -91,21 +146,28 @@ class AckClient(Client):
         self._ps: AckParser = AckParser(self)
         self._ack_sid = -1
         self._ack_prefix_len = 0
-        self._on_pub_acks: Callable[[PubAcks], None] | None = None
+        self._on_pub_acks: Callable[[list[int], PubAcks], None] | None = None
 
-    def route_acks(self, inbox: str, sid: int, on_pub_acks: Callable[[PubAcks], None]) -> None:
-        """Send messages on `{inbox}.<n>` for subscription `sid` to on_pub_acks([(n, data)])."""
+    def route_acks(
+        self,
+        inbox: str,
+        sid: int,
+        head: bytes,
+        on_pub_acks: Callable[[list[int], PubAcks], None],
+    ) -> None:
+        """Send messages on `{inbox}.<n>` for subscription `sid` to on_pub_acks(stored_ns,
+        [(n, data)]): the numbers of the acks that start with `head` (stored_ack_head) and
+        are usual, then the others."""
         self._ack_sid, self._ack_prefix_len = sid, len(inbox) + 1
         self._on_pub_acks = on_pub_acks
-        pattern = b"MSG " + re.escape(inbox.encode()) + rb"\.(\d+) %d (\d+)\r\n" % sid
-        self._ps.ack_line, self._ps.on_pub_acks = re.compile(pattern), on_pub_acks
+        self._ps.patterns, self._ps.on_pub_acks = AckPatterns(inbox, sid, head), on_pub_acks
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
     ) -> None:
         on_pub_acks = self._on_pub_acks
         if sid == self._ack_sid and not headers and on_pub_acks is not None:
-            on_pub_acks([(subject[self._ack_prefix_len :], data)])
+            on_pub_acks([], [(subject[self._ack_prefix_len :], data)])
             return
         await super()._process_msg(sid, subject, reply, data, headers)
 

@@ -30,7 +30,7 @@ DROP_CONNECTION_ID = "transport"
 # included, so a re-send after a reconnect is the same bytes), kind, the record's receive_ts_ns
 # (its frame's arrival) and published_ns (when publish()/publish_many() was called with it).
 Entry = tuple[str, int, bytes, str, int, int]
-# The acks of one read, in order: (n, ack JSON) with n the reply subject's last token.
+# Acks that need a JSON parse, in order: (n, ack JSON) with n the reply subject's last token.
 PubAcks = list[tuple[bytes, bytes]]
 
 # Upper bounds of the ack-latency histogram buckets: 0.1 ms to 5 s in 1-2.5-5 steps (a last,
@@ -372,32 +372,18 @@ class AckWindow:
         self.last_ack_ns = now_ns
         return True
 
-    def settle_stored(self, acks: PubAcks, head: bytes, now_ns: int) -> tuple[int, PubAcks]:
-        """Settle the acks of one read (at `now_ns`) that are `{head}N}` with N > 0, i.e.
-        `{"stream":<ours>,"seq":N}` (stored_ack_head), without a JSON decode: settle(n,
-        duplicate=False) with lookups hoisted out of the loop. Returns how many were pending,
-        and the other acks, in order, to parse one by one (the order between the two does
-        not matter: each settles or refuses its own record)."""
-        others: PubAcks = []
-        head_len = len(head)
+    def settle_stored(self, ns: list[int], now_ns: int) -> int:
+        """Settle records `ns` whose acks (received at `now_ns`) said stored, not duplicate:
+        settle(n, duplicate=False) for each, with lookups hoisted out of the loop. Returns
+        how many were pending (an ack of a re-send may find its record settled already)."""
         pop, by_kind = self.pending.pop, self.acked_by_kind
         frame_counts, frame_bounds = self.frame_to_ack.counts, self.frame_to_ack.bounds_ns
         publish_counts = self.publish_to_ack.counts
         publish_bounds = self.publish_to_ack.bounds_ns
         settled = acked_bytes = frame_sum_ns = publish_sum_ns = 0
         last_published_ns = publish_latency_ns = publish_bucket = -1
-        for n_text, data in acks:
-            seq_text = data[head_len:-1]
-            if not (
-                data.startswith(head)
-                and data.endswith(b"}")
-                and seq_text.isdigit()
-                and seq_text[0] != 48  # JSON: only "0" itself starts with "0", and 0 > 0 is not
-                and n_text.isdigit()
-            ):
-                others.append((n_text, data))
-                continue
-            entry = pop(int(n_text), None)
+        for n in ns:
+            entry = pop(n, None)
             if entry is None:
                 continue
             _, payload_len, _, kind, receive_ts_ns, published_ns = entry
@@ -419,7 +405,7 @@ class AckWindow:
             self.frame_to_ack.sum_ns += frame_sum_ns
             self.publish_to_ack.sum_ns += publish_sum_ns
             self.last_ack_ns = now_ns
-        return settled, others
+        return settled
 
     def unacked_from(self, n: int) -> list[int]:
         """Pending numbers >= n, in publish order."""
