@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from msgspec.structs import astuple
 
 from ssmd.fixedpoint import ONE_DOLLAR_E4
 from ssmd.records import BookDelta, BookSnapshot, Level, Side
@@ -46,57 +48,30 @@ _NEGATIVE_LEVEL = ApplyResult.NEGATIVE_LEVEL
 _YES = Side.YES
 
 
-class _Ladder:
-    """One side's bids, price_e4 -> size_e2 (sizes always > 0), with a lazily kept best.
-
-    The best price is cached; adding a level only compares with it, and removing the best
-    marks it unknown so the next best-price query pays one max() over the side. Kalshi books
-    are a few dozen to a few hundred levels, so this beats a sorted structure on the delta
-    hot path.
-    """
-
-    __slots__ = ("best_e4", "best_known", "sizes_e2")
-
-    def __init__(self, sizes_e2: dict[int, int]) -> None:
-        self.sizes_e2 = sizes_e2
-        self.best_e4: int | None = None
-        self.best_known = False
-
-    def best(self) -> int | None:
-        if not self.best_known:
-            self.best_e4 = max(self.sizes_e2, default=None)
-            self.best_known = True
-        return self.best_e4
-
-    def best_level(self) -> Level | None:
-        price_e4 = self.best()
-        if price_e4 is None:
-            return None
-        return Level(price_e4, self.sizes_e2[price_e4])
-
-    def depth(self, levels: int) -> tuple[Level, ...]:
-        if levels < 0:
-            raise ValueError(f"levels must be >= 0, got {levels}")
-        sizes = self.sizes_e2
-        return tuple(Level(p, sizes[p]) for p in heapq.nlargest(levels, sizes))
-
-    def ascending(self) -> tuple[Level, ...]:
-        sizes = self.sizes_e2
-        return tuple(Level(p, sizes[p]) for p in sorted(sizes))
-
-
-def _ladder_from(levels: tuple[Level, ...]) -> tuple[_Ladder, bool]:
-    """A side from snapshot levels, and whether any size was negative.
+def _sizes_from(levels: tuple[Level, ...]) -> tuple[dict[int, int], bool]:
+    """A side's price_e4 -> size_e2 map from snapshot levels, and whether a size was negative.
 
     Levels are keyed by price, the last one wins on a repeated price (§7.1.1: do not rely on
     order, build a map). Levels of size 0 are not levels and are dropped silently; negative
     ones are dropped and reported.
     """
-    sizes_e2 = {level.price_e4: level.size_e2 for level in levels}
+    # One C loop (astuple + dict) instead of a comprehension loading two attributes a level
+    # (with the flat book below: -0.4 µs a snapshot applied, 19 levels, 1,000 books).
+    sizes_e2 = dict(map(astuple, levels))
     smallest_e2 = min(sizes_e2.values(), default=1)
     if smallest_e2 <= 0:
         sizes_e2 = {p: s for p, s in sizes_e2.items() if s > 0}
-    return _Ladder(sizes_e2), smallest_e2 < 0
+    return sizes_e2, smallest_e2 < 0
+
+
+def _depth(sizes_e2: dict[int, int], levels: int) -> tuple[Level, ...]:
+    if levels < 0:
+        raise ValueError(f"levels must be >= 0, got {levels}")
+    return tuple(Level(p, sizes_e2[p]) for p in heapq.nlargest(levels, sizes_e2))
+
+
+def _ascending(sizes_e2: dict[int, int]) -> tuple[Level, ...]:
+    return tuple(Level(p, sizes_e2[p]) for p in sorted(sizes_e2))
 
 
 class OrderBook:
@@ -109,18 +84,32 @@ class OrderBook:
     Queries answer from the stored levels whatever the `state`; an INVALID book keeps its last
     levels for inspection, but only a LIVE book is the exchange's book. Prices are stored as
     received: out-of-domain prices are normalize's business (Flag.PRICE_OUT_OF_RANGE).
+
+    Each side's best price is cached (None: not known, or the side is empty): adding a level
+    only compares with it, and removing the best forgets it so the next query pays one max()
+    over the side. Kalshi books are a few dozen to a few hundred levels, so this beats a
+    sorted structure on the delta hot path. Both sides live in the book itself, not in objects
+    of their own: one pointer less to chase per delta, two objects less per market.
     """
 
-    __slots__ = ("_no", "_yes", "last_seq", "market", "no_bids", "state", "yes_bids")
+    __slots__ = (
+        "_no_best_e4",
+        "_yes_best_e4",
+        "last_seq",
+        "market",
+        "no_bids",
+        "state",
+        "yes_bids",
+    )
 
     def __init__(self, market: str) -> None:
         self.market = market
         self.state = BookState.AWAITING_SNAPSHOT
         self.last_seq: int | None = None  # seq of the last record applied (None: none had one)
-        self._yes = _Ladder({})
-        self._no = _Ladder({})
-        self.yes_bids: dict[int, int] = self._yes.sizes_e2
-        self.no_bids: dict[int, int] = self._no.sizes_e2
+        self.yes_bids: dict[int, int] = {}
+        self.no_bids: dict[int, int] = {}
+        self._yes_best_e4: int | None = None
+        self._no_best_e4: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -140,17 +129,17 @@ class OrderBook:
         level is stored, and the book becomes INVALID with result NEGATIVE_LEVEL (we hold what
         the exchange sent but cannot vouch for it). Otherwise the book becomes LIVE.
         """
-        self._check_market(snapshot.market)
-        self._yes, yes_negative = _ladder_from(snapshot.yes_bids)
-        self._no, no_negative = _ladder_from(snapshot.no_bids)
-        self.yes_bids = self._yes.sizes_e2
-        self.no_bids = self._no.sizes_e2
+        if snapshot.market != self.market:
+            self._check_market(snapshot.market)
+        self.yes_bids, yes_negative = _sizes_from(snapshot.yes_bids)
+        self.no_bids, no_negative = _sizes_from(snapshot.no_bids)
+        self._yes_best_e4 = self._no_best_e4 = None
         self.last_seq = snapshot.seq
         if yes_negative or no_negative:
-            self.state = BookState.INVALID
-            return ApplyResult.NEGATIVE_LEVEL
-        self.state = BookState.LIVE
-        return ApplyResult.APPLIED
+            self.state = _INVALID
+            return _NEGATIVE_LEVEL
+        self.state = _LIVE
+        return _APPLIED
 
     def apply_delta(self, delta: BookDelta) -> ApplyResult:
         """Add a signed size change at (side, price) (§7.1.2); a level reaching 0 is removed.
@@ -162,22 +151,37 @@ class OrderBook:
             return _NEEDS_SNAPSHOT
         if delta.market != self.market:
             self._check_market(delta.market)
-        # The ladder update is inlined (the hottest path of the book): a level reaching 0
-        # disappears (§7.1.2); below zero, nothing changes and the book is INVALID.
-        ladder = self._yes if delta.side is _YES else self._no
-        sizes = ladder.sizes_e2
+        # The hottest path of the book, inline: a level reaching 0 disappears (§7.1.2); below
+        # zero, nothing changes and the book is INVALID. A known best only moves up here.
         price_e4 = delta.price_e4
-        size_e2 = sizes.get(price_e4, 0) + delta.delta_e2
-        if size_e2 > 0:
-            sizes[price_e4] = size_e2
-            if ladder.best_known and (ladder.best_e4 is None or price_e4 > ladder.best_e4):
-                ladder.best_e4 = price_e4
-        elif size_e2 == 0:
-            if sizes.pop(price_e4, None) is not None and price_e4 == ladder.best_e4:
-                ladder.best_known = False
+        if delta.side is _YES:
+            sizes = self.yes_bids
+            size_e2 = sizes.get(price_e4, 0) + delta.delta_e2
+            if size_e2 > 0:
+                sizes[price_e4] = size_e2
+                best_e4 = self._yes_best_e4
+                if best_e4 is not None and price_e4 > best_e4:
+                    self._yes_best_e4 = price_e4
+            elif size_e2 == 0:
+                if sizes.pop(price_e4, None) is not None and price_e4 == self._yes_best_e4:
+                    self._yes_best_e4 = None
+            else:
+                self.state = _INVALID
+                return _NEGATIVE_LEVEL
         else:
-            self.state = _INVALID
-            return _NEGATIVE_LEVEL
+            sizes = self.no_bids
+            size_e2 = sizes.get(price_e4, 0) + delta.delta_e2
+            if size_e2 > 0:
+                sizes[price_e4] = size_e2
+                best_e4 = self._no_best_e4
+                if best_e4 is not None and price_e4 > best_e4:
+                    self._no_best_e4 = price_e4
+            elif size_e2 == 0:
+                if sizes.pop(price_e4, None) is not None and price_e4 == self._no_best_e4:
+                    self._no_best_e4 = None
+            else:
+                self.state = _INVALID
+                return _NEGATIVE_LEVEL
         self.last_seq = delta.seq
         return _APPLIED
 
@@ -187,36 +191,50 @@ class OrderBook:
         if self.state is BookState.LIVE:
             self.state = BookState.INVALID
 
+    def _best_yes_e4(self) -> int | None:
+        best_e4 = self._yes_best_e4
+        if best_e4 is None and self.yes_bids:
+            best_e4 = self._yes_best_e4 = max(self.yes_bids)
+        return best_e4
+
+    def _best_no_e4(self) -> int | None:
+        best_e4 = self._no_best_e4
+        if best_e4 is None and self.no_bids:
+            best_e4 = self._no_best_e4 = max(self.no_bids)
+        return best_e4
+
     def best_yes_bid(self) -> Level | None:
-        return self._yes.best_level()
+        price_e4 = self._best_yes_e4()
+        return None if price_e4 is None else Level(price_e4, self.yes_bids[price_e4])
 
     def best_no_bid(self) -> Level | None:
-        return self._no.best_level()
+        price_e4 = self._best_no_e4()
+        return None if price_e4 is None else Level(price_e4, self.no_bids[price_e4])
 
     def best_yes_ask(self) -> Level | None:
         """Implied YES ask: $1 - best NO bid, with that bid's size (§7.1.1)."""
-        level = self._no.best_level()
+        level = self.best_no_bid()
         return None if level is None else Level(ONE_DOLLAR_E4 - level.price_e4, level.size_e2)
 
     def best_no_ask(self) -> Level | None:
         """Implied NO ask: $1 - best YES bid, with that bid's size."""
-        level = self._yes.best_level()
+        level = self.best_yes_bid()
         return None if level is None else Level(ONE_DOLLAR_E4 - level.price_e4, level.size_e2)
 
     def depth(self, side: Side, levels: int) -> tuple[Level, ...]:
         """The best `levels` bids of `side` (own-leg price), best (highest) first."""
-        return (self._yes if side is Side.YES else self._no).depth(levels)
+        return _depth(self.yes_bids if side is Side.YES else self.no_bids, levels)
 
     def is_crossed(self) -> bool:
         """Best YES bid >= implied best YES ask, i.e. YES bid + NO bid >= $1. A live exchange
         book never crosses, so a crossed local book points at a missed update."""
-        yes_e4 = self._yes.best()
-        no_e4 = self._no.best()
+        yes_e4 = self._best_yes_e4()
+        no_e4 = self._best_no_e4()
         return yes_e4 is not None and no_e4 is not None and yes_e4 + no_e4 >= ONE_DOLLAR_E4
 
     def snapshot_levels(self) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
         """(yes_bids, no_bids) ascending by price, directly comparable with a BookSnapshot's."""
-        return self._yes.ascending(), self._no.ascending()
+        return _ascending(self.yes_bids), _ascending(self.no_bids)
 
 
 class BookSet(Mapping[str, OrderBook]):
@@ -226,10 +244,14 @@ class BookSet(Mapping[str, OrderBook]):
     shows up in `markets_needing_snapshot()`.
     """
 
-    __slots__ = ("_books",)
+    __slots__ = ("_books", "book_for")
 
     def __init__(self) -> None:
         self._books: dict[str, OrderBook] = {}
+        # The book held for a market, or None: the dict's own get, so a hot path (the
+        # session's book records) reaches the book without a Python frame of ours (-60 to
+        # -90 ns a frame of the mix, in receive_frame).
+        self.book_for: Callable[[str], OrderBook | None] = self._books.get
 
     def __getitem__(self, market: str) -> OrderBook:
         return self._books[market]

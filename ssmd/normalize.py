@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from itertools import starmap
-from operator import itemgetter
 from typing import Any, BinaryIO, Final, TextIO, TypeAlias
 
 import msgspec
@@ -33,6 +32,7 @@ from ssmd.messages import (
     OrderbookDelta,
     OrderbookSnapshot,
     TickerFrame,
+    TickerMsg,
     TradeFrame,
 )
 from ssmd.normalize_fields import (
@@ -41,6 +41,7 @@ from ssmd.normalize_fields import (
     missing_field,
     price_field,
     rfc3339_field,
+    size_field,
 )
 from ssmd.normalize_lifecycle import (
     normalize_event_fee_update,
@@ -65,7 +66,6 @@ _NO: Final = Side.NO  # a module global: enum member lookups cost ~50 ns (3.11)
 # --- orderbook (§7.1) --------------------------------------------------------------------
 
 _SNAPSHOT = "orderbook_snapshot"
-_SIZE_E2: Final = itemgetter(1)
 
 
 def _levels(
@@ -74,36 +74,56 @@ def _levels(
     cents: tuple[tuple[int, int], ...] | None,
     side: str,
     flip: bool,
-) -> list[tuple[int, int]]:
+) -> tuple[list[tuple[int, int]], bool]:
     """One side of a snapshot as (price_e4, size_e2) pairs from the newest representation
-    present, ascending by (converted) price; one loop, no helper call per level."""
-    if fp is None and dollars is None:
-        pairs = [(cents_to_price(p), count_to_size(c)) for p, c in cents or ()]
-    else:
-        levels: Iterable[tuple[str, Any]] = fp if fp is not None else dollars or ()
-        size_of: Callable[[Any], int] = parse_size if fp is not None else count_to_size
-        lookup, pairs = lookup_price_e4, []
+    present, ascending by (converted) price, and whether a size is negative."""
+    pairs: list[tuple[int, int]] = []
+    negative = False
+    if fp is not None:
+        # The current era (§7.1.1), one loop: the table lookup, parse_size's fast path (no
+        # sign: a negative size takes the call) and the flip inline (-1.1 µs a snapshot of 18
+        # levels against a call per size, a second pass to flip and one to find a sign).
+        lookup, append = lookup_price_e4, pairs.append
         try:
-            for price_text, size in levels:
+            for price_text, size_text in fp:
                 price_e4 = lookup(price_text)
-                price_e4 = parse_price(price_text) if price_e4 is None else price_e4
-                pairs.append((price_e4, size_of(size)))
+                if price_e4 is None:
+                    price_e4 = parse_price(price_text)
+                if flip:
+                    price_e4 = ONE_DOLLAR_E4 - price_e4
+                if len(size_text) > 3 and size_text[-3] == "." and size_text.isascii():
+                    body = size_text.replace(".", "")
+                    if len(body) == len(size_text) - 1 and body.isdigit():
+                        append((price_e4, int(body)))
+                        continue
+                size_e2 = parse_size(size_text)
+                negative = negative or size_e2 < 0
+                append((price_e4, size_e2))
         except ValueError as exc:
-            field = f"{side}_dollars_fp" if fp is not None else f"{side}_dollars"
-            raise invalid_field(_SNAPSHOT, field, exc) from exc
-    if flip:
-        pairs = [(ONE_DOLLAR_E4 - p, s) for p, s in pairs]
+            raise invalid_field(_SNAPSHOT, f"{side}_dollars_fp", exc) from exc
+    elif dollars is not None:
+        try:
+            for price_text, count in dollars:
+                price_e4 = parse_price(price_text)
+                negative = negative or count < 0
+                pairs.append((ONE_DOLLAR_E4 - price_e4 if flip else price_e4, count_to_size(count)))
+        except ValueError as exc:
+            raise invalid_field(_SNAPSHOT, f"{side}_dollars", exc) from exc
+    elif cents is not None:
+        for price_cents, count in cents:
+            price_e4 = cents_to_price(price_cents)
+            negative = negative or count < 0
+            pairs.append((ONE_DOLLAR_E4 - price_e4 if flip else price_e4, count_to_size(count)))
     pairs.sort()
-    return pairs
+    return pairs, negative
 
 
-def _book_flags(*sides: list[tuple[int, int]]) -> tuple[Flag, ...]:
+def _book_flags(
+    yes: list[tuple[int, int]], no: list[tuple[int, int]], negative: bool
+) -> tuple[Flag, ...]:
     """Flags of a snapshot from its sides' ascending (price_e4, size_e2) pairs."""
-    out_of_range = negative = False
-    for pairs in sides:
-        if pairs:
-            out_of_range = out_of_range or pairs[0][0] < 0 or pairs[-1][0] > ONE_DOLLAR_E4
-            negative = negative or min(map(_SIZE_E2, pairs)) < 0
+    out_of_range = bool(yes) and (yes[0][0] < 0 or yes[-1][0] > ONE_DOLLAR_E4)
+    out_of_range = out_of_range or (bool(no) and (no[0][0] < 0 or no[-1][0] > ONE_DOLLAR_E4))
     if not (out_of_range or negative):
         return ()
     if not negative:
@@ -113,15 +133,15 @@ def _book_flags(*sides: list[tuple[int, int]]) -> tuple[Flag, ...]:
 
 def _snapshot(frame: OrderbookSnapshot, receive_ts_ns: int, flip: bool) -> BookSnapshot:
     msg = frame.msg
-    yes = _levels(msg.yes_dollars_fp, msg.yes_dollars, msg.yes, "yes", False)
-    no = _levels(msg.no_dollars_fp, msg.no_dollars, msg.no, "no", flip)
+    yes, yes_negative = _levels(msg.yes_dollars_fp, msg.yes_dollars, msg.yes, "yes", False)
+    no, no_negative = _levels(msg.no_dollars_fp, msg.no_dollars, msg.no, "no", flip)
     return BookSnapshot(
         market=msg.market_ticker,
-        market_id=msg.market_id or None,
         receive_ts_ns=receive_ts_ns,
         sid=frame.sid,
         seq=frame.seq,
-        flags=_book_flags(yes, no),
+        flags=_book_flags(yes, no, yes_negative or no_negative),
+        market_id=msg.market_id or None,
         yes_bids=tuple(starmap(Level, yes)),
         no_bids=tuple(starmap(Level, no)),
     )
@@ -131,7 +151,8 @@ _DELTA = "orderbook_delta"
 
 
 def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
-    # The hottest function of the connector: table lookups, no helper calls on the happy path.
+    # The hottest function of the connector: table lookups and parse_size's fast path inline,
+    # no helper call on the happy path.
     msg = frame.msg
     text = msg.price_dollars
     if text:
@@ -144,10 +165,18 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
         raise missing_field(_DELTA, "price_dollars")
     text = msg.delta_fp
     if text is not None:
-        try:
-            delta_e2 = parse_size(text)
-        except ValueError as exc:
-            raise invalid_field(_DELTA, "delta_fp", exc) from exc
+        # parse_size's fast path inline ("-3250.23"): -40 ns a delta against the call.
+        body = text.replace(".", "")
+        if (
+            len(text) > 3
+            and text[-3] == "."
+            and text.isascii()
+            and len(body) == len(text) - 1
+            and (body.isdigit() or (body[0] == "-" and body[1:].isdigit()))
+        ):
+            delta_e2 = int(body)
+        else:
+            delta_e2 = size_field(text, "delta_fp", _DELTA)
     elif msg.delta is not None:
         delta_e2 = count_to_size(msg.delta)
     else:
@@ -167,14 +196,15 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
         exchange_ts_ns = rfc3339_field(ts, "ts", _DELTA)
     else:
         exchange_ts_ns = None
+    # Keywords in field order: msgspec matches each name at the next position (-30 ns, timeit).
     return BookDelta(
         market=msg.market_ticker,
-        market_id=msg.market_id or None,
         exchange_ts_ns=exchange_ts_ns,
         receive_ts_ns=receive_ts_ns,
         sid=frame.sid,
         seq=frame.seq,
         flags=() if 0 <= price_e4 <= ONE_DOLLAR_E4 else OUT_OF_RANGE,
+        market_id=msg.market_id or None,
         side=side,
         price_e4=price_e4,
         delta_e2=delta_e2,
@@ -183,43 +213,70 @@ def _delta(frame: OrderbookDelta, receive_ts_ns: int, flip: bool) -> BookDelta:
 
 # --- ticker (§7.2) and trade (§7.4) ------------------------------------------------------
 
+_TICKER = "ticker"
+_TICKER_SIZE_FIELDS: Final = (
+    "yes_bid_size_fp",
+    "yes_ask_size_fp",
+    "last_trade_size_fp",
+    "volume_fp",
+    "open_interest_fp",
+)
 
-def _ticker_price(text: str | None, cents: int | None, field: str) -> int | None:
-    if text:
-        price_e4 = lookup_price_e4(text)
-        return price_e4 if price_e4 is not None else price_field(text, field, "ticker")
-    if cents is not None:
-        return cents_to_price(cents)
-    return None
 
-
-def _opt_size(text: str | None, count: int | None, field: str, type_name: str) -> int | None:
-    if text is not None:
+def _ticker_size_error(msg: TickerMsg, exc: ValueError) -> FrameDecodeError:
+    """The error of the first size field of `msg` that does not parse (`exc`: the first
+    failure seen, if somehow none fails again)."""
+    for field in _TICKER_SIZE_FIELDS:
+        text = getattr(msg, field)
         try:
-            return parse_size(text)
-        except ValueError as exc:
-            raise invalid_field(type_name, field, exc) from exc
-    if count is not None:
-        return count_to_size(count)
-    return None
+            if text is not None:
+                parse_size(text)
+        except ValueError as field_exc:
+            return invalid_field(_TICKER, field, field_exc)
+    return invalid_field(_TICKER, "size", exc)
 
 
 def _ticker(frame: TickerFrame, receive_ts_ns: int, _flip: bool = False) -> Ticker:
+    # A quarter of the frames, twelve fixed-point fields: every price is an inline table
+    # lookup and every size one parse_size call (-0.2 µs a ticker against two helper calls
+    # per field; inlining the sizes too measured -0.07 µs more, not worth five copies).
     msg = frame.msg
-    last_price_e4 = _ticker_price(msg.price_dollars, msg.price, "price_dollars")
+    lookup = lookup_price_e4
+    text = msg.price_dollars
+    if text:
+        last_price_e4 = lookup(text)
+        if last_price_e4 is None:
+            last_price_e4 = price_field(text, "price_dollars", _TICKER)
+    else:
+        last_price_e4 = None if msg.price is None else cents_to_price(msg.price)
     if last_price_e4 == 0:  # "" / 0 / "0.0000": never traded (§7.2)
         last_price_e4 = None
-    yes_bid_e4 = _ticker_price(msg.yes_bid_dollars, msg.yes_bid, "yes_bid_dollars")
-    yes_ask_e4 = _ticker_price(msg.yes_ask_dollars, msg.yes_ask, "yes_ask_dollars")
+    text = msg.yes_bid_dollars
+    if text:
+        yes_bid_e4 = lookup(text)
+        if yes_bid_e4 is None:
+            yes_bid_e4 = price_field(text, "yes_bid_dollars", _TICKER)
+    else:
+        yes_bid_e4 = None if msg.yes_bid is None else cents_to_price(msg.yes_bid)
+    text = msg.yes_ask_dollars
+    if text:
+        yes_ask_e4 = lookup(text)
+        if yes_ask_e4 is None:
+            yes_ask_e4 = price_field(text, "yes_ask_dollars", _TICKER)
+    else:
+        yes_ask_e4 = None if msg.yes_ask is None else cents_to_price(msg.yes_ask)
     time = msg.time
     if time and "." in time:
-        exchange_ts_ns: int | None = rfc3339_field(time, "time", "ticker")
+        try:
+            exchange_ts_ns: int | None = rfc3339_to_ns(time)
+        except ValueError as exc:
+            raise invalid_field(_TICKER, "time", exc) from exc
     elif msg.ts_ms is not None:
         exchange_ts_ns = ms_to_ns(msg.ts_ms)
     elif msg.ts is not None:
         exchange_ts_ns = seconds_to_ns(msg.ts)
     elif time:
-        exchange_ts_ns = rfc3339_field(time, "time", "ticker")
+        exchange_ts_ns = rfc3339_field(time, "time", _TICKER)
     else:
         exchange_ts_ns = None
     in_range = (
@@ -227,16 +284,31 @@ def _ticker(frame: TickerFrame, receive_ts_ns: int, _flip: bool = False) -> Tick
         and (yes_bid_e4 is None or 0 <= yes_bid_e4 <= ONE_DOLLAR_E4)
         and (yes_ask_e4 is None or 0 <= yes_ask_e4 <= ONE_DOLLAR_E4)
     )
-    yes_bid_size_e2 = _opt_size(msg.yes_bid_size_fp, None, "yes_bid_size_fp", "ticker")
-    yes_ask_size_e2 = _opt_size(msg.yes_ask_size_fp, None, "yes_ask_size_fp", "ticker")
-    last_trade_size_e2 = _opt_size(msg.last_trade_size_fp, None, "last_trade_size_fp", "ticker")
-    volume_e2 = _opt_size(msg.volume_fp, msg.volume, "volume_fp", "ticker")
-    open_interest_e2 = _opt_size(
-        msg.open_interest_fp, msg.open_interest, "open_interest_fp", "ticker"
-    )
+    try:
+        text = msg.yes_bid_size_fp
+        yes_bid_size_e2 = None if text is None else parse_size(text)
+        text = msg.yes_ask_size_fp
+        yes_ask_size_e2 = None if text is None else parse_size(text)
+        text = msg.last_trade_size_fp
+        last_trade_size_e2 = None if text is None else parse_size(text)
+        text = msg.volume_fp
+        if text is not None:
+            volume_e2: int | None = parse_size(text)
+        else:
+            volume_e2 = None if msg.volume is None else count_to_size(msg.volume)
+        text = msg.open_interest_fp
+        if text is not None:
+            open_interest_e2: int | None = parse_size(text)
+        else:
+            open_interest_e2 = (
+                None if msg.open_interest is None else count_to_size(msg.open_interest)
+            )
+    except ValueError as exc:
+        raise _ticker_size_error(msg, exc) from exc
     if in_range and frame.seq is None:
         # Tickers carry no seq (§7.2) and are rarely flagged: leaving those two at their
-        # defaults keeps the call at 15 keywords; msgspec construction is ~5x slower from 16.
+        # defaults keeps the call at 15 keywords; msgspec construction is ~5x slower from 16
+        # (CPython then passes a dict).
         return Ticker(
             market=msg.market_ticker,
             exchange_ts_ns=exchange_ts_ns,
@@ -275,30 +347,36 @@ def _ticker(frame: TickerFrame, receive_ts_ns: int, _flip: bool = False) -> Tick
     )
 
 
+_TRADE = "trade"
+
+
 def _trade(frame: TradeFrame, receive_ts_ns: int, _flip: bool = False) -> Trade:
     msg = frame.msg
-    name = "trade"
     text = msg.yes_price_dollars
     if text:
         yes_e4 = lookup_price_e4(text)
         if yes_e4 is None:
-            yes_e4 = price_field(text, "yes_price_dollars", name)
+            yes_e4 = price_field(text, "yes_price_dollars", _TRADE)
     elif msg.yes_price is not None:
         yes_e4 = cents_to_price(msg.yes_price)
     else:
-        raise missing_field(name, "yes_price_dollars")
+        raise missing_field(_TRADE, "yes_price_dollars")
     text = msg.no_price_dollars
     if text:
         no_e4 = lookup_price_e4(text)
         if no_e4 is None:
-            no_e4 = price_field(text, "no_price_dollars", name)
+            no_e4 = price_field(text, "no_price_dollars", _TRADE)
     elif msg.no_price is not None:
         no_e4 = cents_to_price(msg.no_price)
     else:
-        raise missing_field(name, "no_price_dollars")
-    size_e2 = _opt_size(msg.count_fp, msg.count, "count_fp", name)
-    if size_e2 is None:
-        raise missing_field(name, "count_fp")
+        raise missing_field(_TRADE, "no_price_dollars")
+    text = msg.count_fp
+    if text is not None:
+        size_e2 = size_field(text, "count_fp", _TRADE)
+    elif msg.count is not None:
+        size_e2 = count_to_size(msg.count)
+    else:
+        raise missing_field(_TRADE, "count_fp")
     flags: tuple[Flag, ...] = ()
     if yes_e4 + no_e4 != ONE_DOLLAR_E4:
         flags = (Flag.PRICE_SUM_MISMATCH,)

@@ -11,7 +11,7 @@ from typing import Final
 import msgspec
 
 from ssmd.errors import FrameDecodeError
-from ssmd.fixedpoint import ONE_DOLLAR_E4, lookup_price_e4, parse_price
+from ssmd.fixedpoint import ONE_DOLLAR_E4, lookup_price_e4, parse_price, parse_size
 from ssmd.messages import INVALID_FIELDS
 from ssmd.records import Flag
 from ssmd.wiretime import rfc3339_to_ns, seconds_to_ns
@@ -30,6 +30,13 @@ def price_field(text: str, field: str, type_name: str) -> int:
         return price_e4
     try:
         return parse_price(text)
+    except ValueError as exc:
+        raise invalid_field(type_name, field, exc) from exc
+
+
+def size_field(text: str, field: str, type_name: str) -> int:
+    try:
+        return parse_size(text)
     except ValueError as exc:
         raise invalid_field(type_name, field, exc) from exc
 

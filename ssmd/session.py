@@ -14,17 +14,19 @@ from ssmd.book import ApplyResult, BookSet
 from ssmd.book_repair import BookRepairs
 from ssmd.errors import FrameDecodeError
 from ssmd.messages import (
+    FRAME_DECODE_FAILURE,
     UNSUPPORTED_TYPE,
     Channel,
     ErrorFrame,
     Frame,
-    FrameDecoder,
     Ok,
     Subscribe,
     Subscribed,
     SubscribeParams,
     Unsubscribed,
+    decode_frame,
     encode_command,
+    frame_decode_error,
 )
 from ssmd.normalize import NORMALIZER_BY_FRAME_TYPE
 from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent, Trade
@@ -94,8 +96,7 @@ class KalshiSession:
         self.books = BookSet()
         self.recent_trades = recent_trades if recent_trades is not None else RecentIds()
         self.last_trade_ts_ns: int | None = trades_since_ts_ns
-        self._decoder = FrameDecoder()
-        self._decode = self._decoder.decode
+        self._book_for = self.books.book_for
         self._next_command_id = 1
         self._commands: list[bytes] = []
         self._events: list[SessionEvent] = []
@@ -248,17 +249,19 @@ class KalshiSession:
     def receive_frame(self, data: bytes | str, receive_ts_ns: int) -> Record | None:
         """Process one text frame; return its normalized record, if it is a data frame."""
         # The hot path: no allocation besides the frame and its record, no event, no union
-        # isinstance (`A | B` builds a UnionType per call), in-sequence seq handled inline.
-        stats = self.stats
-        stats.frames_received += 1
+        # isinstance (`A | B` builds a UnionType per call), in-sequence seq handled inline,
+        # msgspec's decoder and a book record's book reached without a Python frame of ours.
         deadline_ns = self._repairs.next_deadline_ns
         if deadline_ns is not None and receive_ts_ns > deadline_ns:
             self._repairs.escalate_overdue(receive_ts_ns)
+        stats = self.stats
+        stats.frames_received += 1
         try:
-            frame = self._decode(data)
-        except FrameDecodeError as exc:
-            stats.frames_by_name[exc.type_name or UNTYPED] += 1
-            self._reject(exc, data)
+            frame = decode_frame(data)
+        except FRAME_DECODE_FAILURE as exc:
+            error = frame_decode_error(data, exc)
+            stats.frames_by_name[error.type_name or UNTYPED] += 1
+            self._reject(error, data)
             return None
         frame_type = type(frame)
         stats.frames_by_class[frame_type] += 1  # every frame class is a key (SessionStats)
@@ -281,7 +284,11 @@ class KalshiSession:
             self._reject(exc, data)
             return None
         if type(record) is BookDelta:
-            result = self.books.apply_delta(record)
+            book = self._book_for(record.market)
+            if book is not None:
+                result = book.apply_delta(record)
+            else:
+                result = self.books.apply_delta(record)
             if result is not _APPLIED:
                 record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
             if self._top is not None:
@@ -293,7 +300,8 @@ class KalshiSession:
             if record.exchange_ts_ns is not None:
                 self.last_trade_ts_ns = record.exchange_ts_ns
         elif type(record) is BookSnapshot:
-            result = self.books.apply(record)
+            book = self._book_for(record.market)
+            result = book.apply_snapshot(record) if book is not None else self.books.apply(record)
             record = self._repairs.on_book_record(record, result, sid, receive_ts_ns)
             if self._top is not None:
                 self._book_changed(record)

@@ -473,3 +473,16 @@ def test_replay_demo_get_snapshot_capture() -> None:
     assert b.best_yes_ask() == Level(4000, 30_000)
     assert b.best_no_ask() == Level(6400, 30_000)
     assert not b.is_crossed()
+
+
+def test_book_for_finds_held_books_only() -> None:
+    books = BookSet()
+    assert books.book_for(MARKET) is None
+    books.apply(snapshot({4200: 100}))
+    book = books.book_for(MARKET)
+    assert book is books[MARKET]
+    assert book is not None
+    assert book.apply_delta(delta(Side.YES, 4300, 5)) is ApplyResult.APPLIED
+    assert books[MARKET].best_yes_bid() == Level(4300, 5)
+    books.discard(MARKET)
+    assert books.book_for(MARKET) is None

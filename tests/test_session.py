@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssmd.messages import Channel
+from ssmd.errors import FrameDecodeError
+from ssmd.messages import UNSUPPORTED_TYPE, Channel, FrameDecoder
 from ssmd.records import BookDelta, BookSnapshot, Level, Side, StatusEvent, Ticker, Trade
 from ssmd.session import KalshiSession
 from ssmd.session_events import (
@@ -332,6 +334,57 @@ def test_malformed_frames_are_counted_with_context_and_the_stream_goes_on() -> N
     assert session.receive_frame(delta(3), 13) is not None
     assert session.stats.gaps == 0
     assert sum(session.stats.malformed_by_reason.values()) == 2
+
+
+BAD_FRAMES = (
+    b'{"type": "orderbook_delta", "sid": 1,',  # malformed JSON
+    b"[1, 2]",  # not an object
+    b'{"sid": 1}',  # no type
+    b'{"type": "fill", "sid": 13}',  # unsupported
+    b'{"type": "orderbook_delta", "sid": "one", "msg": {}}',  # invalid fields
+)
+
+
+def test_undecodable_frames_are_reported_as_the_frame_decoder_raises_them() -> None:
+    session = subscribed_session()
+    for data in BAD_FRAMES:
+        assert session.receive_frame(data, 5) is None
+    events = session.events_to_handle()
+    expected = []
+    for data in BAD_FRAMES:
+        with pytest.raises(FrameDecodeError) as caught:
+            FrameDecoder().decode(data)
+        expected.append((caught.value.reason, caught.value.type_name))
+    got = [
+        (e.reason, e.type_name) if isinstance(e, MalformedFrame) else (UNSUPPORTED_TYPE, "fill")
+        for e in events
+    ]
+    assert got == expected
+    details = [e.detail for e in events if isinstance(e, MalformedFrame)]
+    assert all(details), details
+
+
+def test_every_frame_is_counted_once_whatever_became_of_it() -> None:
+    session = subscribed_session()  # four `subscribed` frames
+    session.receive_frame(snapshot(1), 10)
+    session.receive_frame(delta(2), 11)
+    session.receive_frame(delta(2), 12)  # a duplicate: dropped
+    for data in BAD_FRAMES:
+        session.receive_frame(data, 13)
+    stats = session.stats
+    assert stats.frames_received == 4 + 3 + len(BAD_FRAMES)
+    assert stats.frames_by_type == {
+        "subscribed": 4,
+        "orderbook_snapshot": 1,
+        "orderbook_delta": 3,  # the duplicate, and the one with invalid fields
+        "untyped": 3,  # malformed JSON, not an object, no type
+        "fill": 1,
+    }
+    assert stats.records_out == 2
+    total = type(stats)()
+    total.add(stats)
+    total.add(stats)
+    assert total.frames_received == 2 * stats.frames_received
 
 
 def test_get_snapshot_recovery_capture(captures_dir: Path) -> None:
