@@ -58,8 +58,6 @@ from ssmd.transport.nats_core import (
     header_value,
     hpub_command,
     parse_pub_ack,
-    record_msg_id,
-    seq_msg_id_prefix,
     stored_ack_head,
 )
 
@@ -289,20 +287,34 @@ def test_a_read_is_split_into_usual_acks_and_others_in_order() -> None:
     assert patterns.split(bytearray()) == ([], [], 0, True)
 
 
-def test_msg_ids_from_a_market_prefix_are_what_msg_id_for_says() -> None:
+def test_entry_commands_are_hpub_command_of_the_record() -> None:
+    # _entry renders each command from per-kind and per-market parts; it must be byte for byte
+    # what hpub_command gives from the record's subject, Msg-Id and headers (what nats-py's
+    # publish() sends, test above), for every kind, a status record (no market token), a
+    # record without a sid, and a market that header_value changes.
     records = [
         *one_of_each_kind(),
         msgspec.structs.replace(one_of_each_kind()[0], sid=None),
         BookDelta(market="bad\nmarket", receive_ts_ns=TS, sid=1, seq=2, side=Side.NO,
                   price_e4=100, delta_e2=5),
+        BookDelta(market="KX.A B*>", receive_ts_ns=TS, sid=1, seq=3, side=Side.YES,
+                  price_e4=100, delta_e2=5),
     ]  # fmt: skip
-    for record in records:
-        prefix = seq_msg_id_prefix(record)
-        assert record_msg_id(record, prefix) == header_value(msg_id_for(record)), record
-    # Book records of a market header_value keeps as it is have one; no other record does.
-    assert [seq_msg_id_prefix(r) is not None for r in records] == [
-        isinstance(r, BookSnapshot | BookDelta) and r.market.isprintable() for r in records
-    ]
+    transport = NatsTransport(nats_settings(["nats://127.0.0.1:4222"], subject_prefix="p.q"))
+    transport._reply_prefix = b"_INBOX.abc."  # what start() sets from the connection's inbox
+    for n, record in enumerate(records * 2, start=7):  # twice: from the parts' caches too
+        _, payload_len, command = transport._entry(record, n, TS)[:3]
+        payload = msgspec.json.encode(record)
+        kind = record_kind(record)
+        expected = hpub_command(
+            transport.mapper.subject_for(record).encode(),
+            b"_INBOX.abc.%d" % n,
+            header_value(msg_id_for(record)),
+            header_tail(kind, record.market, "application/json"),
+            payload,
+        )
+        assert command == expected, record
+        assert payload_len == len(payload)
 
 
 def test_ack_window_drop_runs() -> None:

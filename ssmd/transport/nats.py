@@ -19,29 +19,32 @@ from ssmd.errors import TransportError
 from ssmd.logs import get_logger
 from ssmd.records import Record
 from ssmd.retry import RetryPolicy
-from ssmd.subjects import SubjectMapper
+from ssmd.subjects import SubjectMapper, msg_id_for
 from ssmd.transport.base import TransportStats
 from ssmd.transport.nats_client import NATS_ERRORS, AckClient, connect_nats, ensure_stream
 from ssmd.transport.nats_core import (
     CONTENT_TYPES,
+    HEADER_HEAD_LEN,
     HPUB_FORMAT,
     AckLatency,
     AckWatch,
     AckWindow,
     Entry,
+    KindParts,
     LinkState,
+    MarketParts,
     NatsConnectError,
     NatsTransportError,
     NoJetStream,
-    Parts,
     PubAck,
     PubAcks,
     StreamMismatch,
     StreamMissing,
     drop_status,
-    hpub_parts,
+    header_value,
+    kind_parts,
+    market_parts,
     parse_pub_ack,
-    record_msg_id,
     stored_ack_head,
 )
 
@@ -97,7 +100,8 @@ class NatsTransport:
         self._inbox_len = 0
         self._reply_prefix = b""
         self._max_payload = 1 << 20  # the server's, once connected
-        self._parts: dict[tuple[type, str], Parts] = {}
+        self._kind_parts: dict[type, KindParts] = {}
+        self._market_parts: dict[str, MarketParts] = {}
         self._room = asyncio.Event()  # set when the window has room again
         self._idle = asyncio.Event()  # set when nothing is pending
         self._idle.set()
@@ -219,27 +223,57 @@ class NatsTransport:
     # -- sending and acks --------------------------------------------------------------------
 
     def _entry(self, record: Record, n: int, published_ns: int) -> Entry:
-        """Record `n` as a ready HPUB command (the per-record hot path): headers pre-rendered
-        per kind and market (Parts), only the Msg-Id and reply number vary; the entry keeps
-        receive_ts_ns and published_ns for the ack-latency histograms."""
-        parts = self._parts.get(key := (type(record), record.market))
-        if parts is None:
-            subject, reply_prefix = self.mapper.subject_for(record), self._reply_prefix
-            parts = self._parts[key] = hpub_parts(record, subject, reply_prefix, self._content_type)
-        subject, head, header_len, tail, kind, id_prefix = parts
+        """Record `n` as a ready HPUB command (the per-record hot path), from the parts of its
+        type and of its market (nats_core.KindParts, MarketParts): only the Msg-Id, the reply
+        number and the sizes are rendered per record; the entry keeps receive_ts_ns and
+        published_ns for the ack-latency histograms."""
+        record_type = type(record)
+        kind_parts_ = self._kind_parts.get(record_type)
+        if kind_parts_ is None:
+            subject = self.mapper.subject_for(record)
+            kind_parts_ = kind_parts(record, subject, self.mapper.prefix)
+            self._kind_parts[record_type] = kind_parts_
+        kind, subject_head, with_token, middle, seq_id_head = kind_parts_
+        market = record.market
+        market_parts_ = self._market_parts.get(market)
+        if market_parts_ is None:
+            market_parts_ = self._market_parts[market] = market_parts(market, self._content_type)
+        token, market_tail, id_market = market_parts_
         payload = self._payload
         self._encode_into(record, payload)  # no new bytes: the command is the only copy
         payload_len = len(payload)
         if payload_len > self._max_payload:  # can never succeed: fail loudly instead
             message = f"record refused by the client: MaxPayloadError, {payload_len} bytes"
             raise NatsTransportError(
-                message, server=self._server, stream=self.stream_name, subject=subject
+                message,
+                server=self._server,
+                stream=self.stream_name,
+                subject=self.mapper.subject_for(record),
             )
-        msg_id = record_msg_id(record, id_prefix)
-        header_len += len(msg_id)
-        total_len = header_len + payload_len
-        command = HPUB_FORMAT % (head, n, header_len, total_len, msg_id, tail, payload)
-        return subject, payload_len, command, kind, record.receive_ts_ns, published_ns
+        sid, seq = record.sid, record.seq
+        if (
+            seq_id_head is not None
+            and id_market is not None
+            and sid is not None
+            and seq is not None
+        ):
+            msg_id = b"%s%s:%d:%d:%d" % (seq_id_head, id_market, sid, seq, record.receive_ts_ns)
+        else:
+            msg_id = header_value(msg_id_for(record))
+        header_len = HEADER_HEAD_LEN + len(msg_id) + len(middle) + len(market_tail)
+        command = HPUB_FORMAT % (
+            subject_head,
+            token if with_token else b"",
+            self._reply_prefix,
+            n,
+            header_len,
+            header_len + payload_len,
+            msg_id,
+            middle,
+            market_tail,
+            payload,
+        )
+        return kind, payload_len, command, kind, record.receive_ts_ns, published_ns
 
     async def _enqueue(self, record: Record, published_ns: int) -> None:
         """Add to the window; send now when the link is up (else the re-send will)."""
@@ -310,7 +344,7 @@ class NatsTransport:
         window = self._window
         if isinstance(ack, str):
             if n in window.pending and self._connection_lost(generation, f"rejected: {ack}"):
-                subject_text = window.pending[n][0]
+                subject_text = window.pending[n][2].split(b" ", 2)[1].decode()
                 log.warning("nats.publish.rejected", reason=ack, subject=subject_text)
             return
         if window.settle(n, duplicate=ack.duplicate, now_ns=self._clock_ns()):
@@ -389,9 +423,7 @@ class NatsTransport:
                 await nc.close()
             raise
         self._nc, self._inbox, self._inbox_len = nc, inbox, len(inbox) + 1
-        if self._reply_prefix != (reply_prefix := f"{inbox}.".encode()):  # once: one inbox
-            self._parts.clear()  # they hold the reply prefix
-            self._reply_prefix = reply_prefix
+        self._reply_prefix = f"{inbox}.".encode()  # once: one inbox
         self._max_payload = nc.max_payload
 
     async def _connect_any(self, generation: int) -> AckClient:

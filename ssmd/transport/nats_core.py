@@ -16,7 +16,7 @@ import msgspec
 from ssmd.config import NatsPayload, NatsSecrets, NatsTlsSettings, NatsTransportSettings
 from ssmd.errors import TransportError
 from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent, Top, record_kind
-from ssmd.subjects import msg_id_for
+from ssmd.subjects import encode_token, msg_id_for
 from ssmd.transport.base import TransportStats
 
 HEADER_MSG_ID = "Nats-Msg-Id"  # JetStream dedupes on it (ssmd.subjects.msg_id_for)
@@ -47,7 +47,7 @@ LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
 )  # fmt: skip
 
 _HEADER_HEAD = b"NATS/1.0\r\n" + HEADER_MSG_ID.encode() + b": "
-_HEADER_HEAD_LEN = len(_HEADER_HEAD)
+HEADER_HEAD_LEN = len(_HEADER_HEAD)
 _HEADER_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
@@ -160,7 +160,7 @@ def header_tail(kind: str, market: str, content_type: str) -> bytes:
 def hpub_command(subject: bytes, reply: bytes, msg_id: bytes, tail: bytes, payload: bytes) -> bytes:
     """`HPUB <subject> <reply> <header bytes> <total bytes>` + headers + payload: one message
     with headers in the NATS client protocol (byte for byte what nats-py's publish() sends)."""
-    header_len = _HEADER_HEAD_LEN + len(msg_id) + len(tail)
+    header_len = HEADER_HEAD_LEN + len(msg_id) + len(tail)
     return b"HPUB %s %s %d %d\r\n%s%s%s%s\r\n" % (
         subject,
         reply,
@@ -173,46 +173,62 @@ def hpub_command(subject: bytes, reply: bytes, msg_id: bytes, tail: bytes, paylo
     )
 
 
-# What every HPUB command of one record type and market shares (rendered once, nats.py):
-# the subject, `HPUB <subject> <inbox>.` (the reply number follows), the header block's length
-# without the Msg-Id value, the header block after that value (header_tail), the kind, and the
-# Msg-Id prefix of a record keyed by sid, seq and receive time (None: msg_id_for per record).
-Parts = tuple[str, bytes, int, bytes, str, bytes | None]
-# hpub_command's bytes in one format: head, reply number, header bytes, total bytes, Msg-Id,
-# tail, payload.
-HPUB_FORMAT = b"%s%d %d %d\r\n" + _HEADER_HEAD + b"%s%s%s\r\n"
+# The HPUB command of a record is rendered from two small caches (nats.py) rather than one
+# entry per (record type, market): KindParts, the same for every record of a type, and
+# MarketParts, the same for every record of a market. 10,000 markets x 4 kinds took ~620 B per
+# (type, market) pair (25 MB when all are filled); per market it is ~280 B (2.8 MB).
+#
+# KindParts: the kind, `HPUB {prefix}.{kind}.` (`HPUB {prefix}.status` for status records,
+# whose subject has no market token), whether the market token follows, the header block from
+# the end of the Msg-Id value to the Ssmd-Market value, and the Msg-Id head `{kind}:` of a kind
+# keyed by sid, seq and receive time (None: msg_id_for per record).
+KindParts = tuple[str, bytes, bool, bytes, bytes | None]
+# MarketParts: the market's subject token, the header block from its Ssmd-Market value to the
+# end (content type included), and the market as it appears in a seq-keyed Msg-Id (None when
+# header_value would change it: msg_id_for per record then).
+MarketParts = tuple[bytes, bytes, bytes | None]
+# hpub_command's bytes in one format: subject head, market token, reply prefix, reply number,
+# header bytes, total bytes, Msg-Id, header middle, market tail, payload.
+HPUB_FORMAT = b"%s%s %s%d %d %d\r\n" + _HEADER_HEAD + b"%s%s%s%s\r\n"
 _SEQ_KEYED_KINDS = frozenset({BookDelta, BookSnapshot, Top})
+_PROBE_MARKET = "PROBE-MARKET"
 
 
-def hpub_parts(record: Record, subject: str, reply_prefix: bytes, content_type: str) -> Parts:
-    """The Parts of `record`'s type and market (HPUB_FORMAT with them is hpub_command's bytes)."""
+def kind_parts(record: Record, subject: str, prefix: str) -> KindParts:
+    """The KindParts of `record`'s type; `subject` is its subject under `prefix`."""
     kind = record_kind(record)
-    tail = header_tail(kind, record.market, content_type)
-    head = b"HPUB %s %s" % (subject.encode(), reply_prefix)
-    return subject, head, _HEADER_HEAD_LEN + len(tail), tail, kind, seq_msg_id_prefix(record)
+    middle = b"\r\n%s: %s\r\n%s: " % (
+        HEADER_KIND.encode(),
+        header_value(kind),
+        HEADER_MARKET.encode(),
+    )
+    head = f"{prefix}.{kind}."
+    with_token = subject.startswith(head)
+    subject_head = b"HPUB " + (head if with_token else subject).encode()
+    return kind, subject_head, with_token, middle, _seq_id_head(record, kind)
 
 
-def seq_msg_id_prefix(record: Record) -> bytes | None:
-    """The Msg-Id of a book or top record of this market is this prefix + `{sid}:{seq}:{receive
-    time}` (ssmd.subjects), as header_value writes it; None for other kinds, a market that
-    header_value would change, or if a probe record says the id has another shape."""
+def market_parts(market: str, content_type: str) -> MarketParts:
+    """The MarketParts of `market` (the content type ends the header block)."""
+    value = header_value(market)
+    tail = b"%s\r\n%s: %s\r\n\r\n" % (
+        value,
+        HEADER_CONTENT_TYPE.encode(),
+        header_value(content_type),
+    )
+    return encode_token(market).encode(), tail, value if value == market.encode() else None
+
+
+def _seq_id_head(record: Record, kind: str) -> bytes | None:
+    """`{kind}:` when the Msg-Id of this record type is `{kind}:{market}:{sid}:{seq}:{receive
+    time}` (checked on a probe record), else None."""
     if type(record) not in _SEQ_KEYED_KINDS:
         return None
-    probe = msgspec.structs.replace(record, sid=7, seq=8, receive_ts_ns=9)
-    text = msg_id_for(probe)
-    suffix = ":7:8:9"
-    if not text.endswith(suffix) or header_value(text) != text.encode():
+    probe = msgspec.structs.replace(record, market=_PROBE_MARKET, sid=7, seq=8, receive_ts_ns=9)
+    head = f"{kind}:"
+    if msg_id_for(probe) != f"{head}{_PROBE_MARKET}:7:8:9":
         return None
-    return text[: -len(suffix) + 1].encode()
-
-
-def record_msg_id(record: Record, id_prefix: bytes | None) -> bytes:
-    """The Nats-Msg-Id header value of `record` (header_value(msg_id_for(record))), from its
-    market's seq_msg_id_prefix when it has one."""
-    sid, seq = record.sid, record.seq
-    if id_prefix is not None and sid is not None and seq is not None:
-        return b"%s%d:%d:%d" % (id_prefix, sid, seq, record.receive_ts_ns)
-    return header_value(msg_id_for(record))
+    return head.encode()
 
 
 def stored_ack_head(stream: str) -> bytes:
