@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ssmd.auth import Credentials, generate_private_key
 from ssmd.config import NatsTransportSettings, Settings, resolve_credentials
 from ssmd.config.selection import SelectionSettings
 from ssmd.errors import ConfigError
-from ssmd.exchange.server import ExchangeSimulator
 from ssmd.logs import get_logger
 from ssmd.natsserver import NatsServer, NatsServerError
 from ssmd.retry import RetryPolicy
 from ssmd.selection import Selection
+
+if TYPE_CHECKING:
+    from ssmd.exchange.server import ExchangeSimulator
 
 LOCAL_KEY_ID = "local-simulator"
 
@@ -51,6 +54,10 @@ async def open_exchange(settings: Settings) -> Exchange:
     # The local stack signs with a throwaway key that only this process's simulator trusts:
     # the real signing path runs, and no credentials are needed.
     credentials = resolve_credentials(settings) or Credentials(LOCAL_KEY_ID, generate_private_key())
+    # Imported here: a connector of a real exchange does without the simulator's server side
+    # (~1 MB of RSS, measured).
+    from ssmd.exchange.server import ExchangeSimulator
+
     simulator = ExchangeSimulator(
         public_keys={credentials.key_id: credentials.private_key.public_key()},
         market_count=sim_config.markets,

@@ -5,7 +5,7 @@ records."""
 from __future__ import annotations
 
 import enum
-from collections import Counter, OrderedDict
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ssmd.messages import CONTROL_FRAME_TYPES, DATA_FRAME_TYPES, Channel, frame_type_name
@@ -262,19 +262,26 @@ RECENT_TRADE_IDS = 50_000
 
 
 class RecentIds:
-    """A bounded set of recently seen ids (trade ids), oldest forgotten first."""
+    """A bounded set of recently seen ids (trade ids), oldest forgotten first.
+
+    A set and a deque rather than an OrderedDict: 2.5 MB instead of 4.6 MB for 50,000 ids
+    (tracemalloc, the id strings not counted)."""
 
     def __init__(self, capacity: int = RECENT_TRADE_IDS) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
 
     def add(self, key: str) -> bool:
         """Remember `key`; False if it was already known."""
-        if key in self._ids:
+        ids = self._ids
+        if key in ids:
             return False
-        self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        ids.add(key)
+        order = self._order
+        order.append(key)
+        if len(order) > self.capacity:
+            ids.discard(order.popleft())
         return True
 
     def __contains__(self, key: object) -> bool:

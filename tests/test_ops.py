@@ -25,7 +25,8 @@ from ssmd.exchange.faults import Stall, StallMode
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.messages import Channel
 from ssmd.natsserver import NatsServer
-from ssmd.ops import ActivityWatch, latency_histogram, parse_address, rest_metrics
+from ssmd.ops import ActivityWatch, parse_address
+from ssmd.ops_http import latency_histogram, rest_metrics
 from ssmd.runner import Connector
 from ssmd.session import KalshiSession
 from ssmd.session_events import UNTYPED, SessionStats
