@@ -15,6 +15,7 @@ from nats.js import api as js_api
 
 from ssmd.auth import generate_private_key
 from ssmd.natsserver import NatsServer
+from ssmd.records import Record
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO.parent / "shared" / "kalshi" / "captures"
@@ -99,3 +100,13 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def drained(sink: asyncio.Queue[Record | None]) -> list[Record]:
+    """Everything queued in a client's sink now, in order (the end marker None never is)."""
+    records: list[Record] = []
+    while not sink.empty():
+        record = sink.get_nowait()
+        assert record is not None
+        records.append(record)
+    return records

@@ -27,7 +27,7 @@ from ssmd.errors import ExchangeUnavailable, HandshakeRejected
 from ssmd.messages import Channel
 from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent
 from ssmd.session import KalshiSession
-from tests.conftest import wait_until
+from tests.conftest import drained, wait_until
 
 KEY_ID = "client-test-key"
 MARKET = "KXGOLDH-26AUG2711-T4615.99"
@@ -88,15 +88,6 @@ def new_client(
 
 def untimed(records: list[Record]) -> list[Record]:
     return [msgspec.structs.replace(r, receive_ts_ns=0) for r in records]
-
-
-def drained(sink: asyncio.Queue[Record | None]) -> list[Record]:
-    records: list[Record] = []
-    while not sink.empty():
-        record = sink.get_nowait()
-        assert record is not None
-        records.append(record)
-    return records
 
 
 @contextlib.asynccontextmanager

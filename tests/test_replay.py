@@ -36,7 +36,7 @@ from ssmd.session_events import RecentIds
 from ssmd.subjects import msg_id_for
 from ssmd.transport import FileTransport, build_transport, read_records
 
-from .conftest import wait_until
+from .conftest import drained, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,12 +85,7 @@ async def run_connection(
     await wait_until(lambda: session.stats.frames_received >= start + 300, 20, "more frames")
     stop.set()
     await asyncio.wait_for(runner, 20)
-    records: list[Record] = []
-    while not sink.empty():
-        record = sink.get_nowait()
-        assert record is not None
-        records.append(record)
-    return records
+    return drained(sink)
 
 
 async def record_live_run(tmp_path: Path, key: rsa.RSAPrivateKey, cls: ClientClass) -> LiveRun:
