@@ -172,6 +172,33 @@ def test_ratios_compare_ssmd_with_each_reference() -> None:
     assert ratios["ssmd/naive file frames/s"] is None  # no ssmd file run, a failed naive one
 
 
+def test_picows_is_compared_with_ssmd_and_each_reference_and_has_its_own_target_rows() -> None:
+    report = _report()
+    window = window_figures(Sample(0.0, 0, 0), Sample(1.0, 25_000, round(25_000 * 8.0 / 10_000)))
+    picows = RunResult(
+        Pipeline.SSMD_PICOWS, Sink.JETSTREAM, RunPurpose.THROUGHPUT, 1000, None, window=window
+    )
+    report.runs.append(picows)
+    ratios = report.ratios()
+    assert ratios["ssmd-picows/ssmd jetstream frames/s"] == pytest.approx(1.25)
+    assert ratios["ssmd-picows/ssmd jetstream cpu-bound"] == pytest.approx(2.5)
+    assert ratios["ssmd-picows/ceiling jetstream frames/s"] == pytest.approx(1.0)
+    assert ratios["ssmd-picows/ceiling jetstream cpu-bound"] == pytest.approx(1.25)
+    assert ratios["ssmd-picows/naive jetstream frames/s"] == pytest.approx(12.5)
+    got = {target.target: (target.measured, target.met) for target in targets(report)}
+    assert got["ssmd-picows >= 0.9 x the ceiling loop to acked JetStream"] == (
+        "1.00 by frames/s, 1.25 by CPU per frame",
+        True,
+    )
+    assert got["ssmd-picows >= 10 x the naive pipeline"] == (
+        "12.50 by frames/s, 12.50 by CPU per frame",
+        True,
+    )
+    assert got["ssmd >= 0.9 x the ceiling loop to acked JetStream"][1] is False
+    # Without a picows run there are no picows rows (the test above lists every target).
+    assert not any(t.target.startswith("ssmd-picows") for t in targets(_report()))
+
+
 def test_table_shows_every_figure() -> None:
     table = render_table(_report())
     rows = [

@@ -98,10 +98,12 @@ class BenchReport:
                 # CPU-bound capacity ratio = their µs per frame / ours.
                 out[f"{key} cpu-bound"] = _ratio(_us(theirs), _us(ours))
         picows = self.find(Pipeline.SSMD_PICOWS, Sink.JETSTREAM, RunPurpose.THROUGHPUT)
-        if picows is not None:  # the optional client against the default one
-            ours = self.find(Pipeline.SSMD, Sink.JETSTREAM, RunPurpose.THROUGHPUT)
-            out["ssmd-picows/ssmd jetstream frames/s"] = _ratio(_fps(picows), _fps(ours))
-            out["ssmd-picows/ssmd jetstream cpu-bound"] = _ratio(_us(ours), _us(picows))
+        if picows is not None:  # the optional client against the default one and the references
+            for other in (Pipeline.SSMD, Pipeline.CEILING, Pipeline.NAIVE):
+                theirs = self.find(other, Sink.JETSTREAM, RunPurpose.THROUGHPUT)
+                key = f"ssmd-picows/{other.value} jetstream"
+                out[f"{key} frames/s"] = _ratio(_fps(picows), _fps(theirs))
+                out[f"{key} cpu-bound"] = _ratio(_us(theirs), _us(picows))
         return out
 
 
@@ -129,12 +131,20 @@ def targets(report: BenchReport) -> list[Target]:
     """Issue 7's targets against this report's figures."""
     ratios = report.ratios()
     out = []
-    for name, wanted, key in (
-        (f"ssmd >= {TARGET_CEILING_RATIO:g} x the ceiling loop to acked JetStream",
-         TARGET_CEILING_RATIO, "ssmd/ceiling jetstream"),
-        (f"ssmd >= {TARGET_NAIVE_RATIO:g} x the naive pipeline",
-         TARGET_NAIVE_RATIO, "ssmd/naive jetstream"),
-    ):  # fmt: skip
+    # The issue: "if the websockets receive path is what keeps ssmd below the targets, measure
+    # an alternative client ... and report both": the picows rows when it ran.
+    picows_ran = "ssmd-picows/ceiling jetstream frames/s" in ratios
+    clients = ["ssmd", "ssmd-picows"] if picows_ran else ["ssmd"]
+    rows = [
+        (f"{client} >= {TARGET_CEILING_RATIO:g} x the ceiling loop to acked JetStream",
+         TARGET_CEILING_RATIO, f"{client}/ceiling jetstream")
+        for client in clients
+    ] + [
+        (f"{client} >= {TARGET_NAIVE_RATIO:g} x the naive pipeline",
+         TARGET_NAIVE_RATIO, f"{client}/naive jetstream")
+        for client in clients
+    ]  # fmt: skip
+    for name, wanted, key in rows:
         by_fps, by_cpu = ratios.get(f"{key} frames/s"), ratios.get(f"{key} cpu-bound")
         measured = f"{_num(by_fps, 2)} by frames/s, {_num(by_cpu, 2)} by CPU per frame"
         out.append(Target(name, measured, None if by_fps is None else by_fps >= wanted))
