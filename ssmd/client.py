@@ -7,16 +7,21 @@ limits stay the library's); frames go to the session through ssmd.client_pump's 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import ssl
 import struct
+import urllib.request
 from typing import cast
 
+from websockets.asyncio.client import connect_http_proxy
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidProxy, InvalidStatus, InvalidURI, ProxyError
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.http11 import USER_AGENT, Request, Response
 from websockets.protocol import Event, State
-from websockets.uri import parse_uri
+from websockets.proxy import Proxy, get_proxy, parse_proxy
+from websockets.uri import WebSocketURI, parse_uri
 
 from ssmd.client_events import (
     MAX_FRAME_BYTES,
@@ -24,7 +29,7 @@ from ssmd.client_events import (
     report_connection_end,
 )
 from ssmd.client_pump import CLOSE_TIMEOUT_S, FramePump
-from ssmd.errors import ExchangeUnavailable, HandshakeRejected
+from ssmd.errors import ConfigError, ExchangeUnavailable, HandshakeRejected
 from ssmd.records import StatusEvent
 
 _TEXT = Opcode.TEXT
@@ -86,22 +91,31 @@ class KalshiClient(ClientBase):
         # §2.3: sign fresh for every connect; the timestamp is inside the signature.
         request.headers.update(self._credentials.headers(self._clock_ns() // 1_000_000))
         request.headers.setdefault("User-Agent", USER_AGENT)
+        proxy = self._proxy_for(uri)
         loop = asyncio.get_running_loop()
         connection: _Connection | None = None
+        via = "" if proxy is None else f" through proxy {_proxy_address(proxy)}"
         try:
-            async with asyncio.timeout(self._open_timeout_s):
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self, protocol),
-                    uri.host,
-                    uri.port,
-                    ssl=True if uri.secure else None,
-                    server_hostname=uri.host if uri.secure else None,
-                )
+            async with asyncio.timeout(self._open_timeout_s):  # the proxy's CONNECT included
+                if proxy is None:
+                    _, connection = await loop.create_connection(
+                        lambda: _Connection(self, protocol),
+                        uri.host,
+                        uri.port,
+                        ssl=True if uri.secure else None,
+                        server_hostname=uri.host if uri.secure else None,
+                    )
+                else:
+                    user_agent = request.headers["User-Agent"]
+                    connection = await _open_tunnel(self, protocol, proxy, uri, user_agent)
                 await connection.send_request(request)
+        except ProxyError as exc:  # refused (its status only: never the credentials) or garbled
+            raise ExchangeUnavailable(self.url, f"cannot connect{via}: {exc}") from exc
         except (OSError, TimeoutError) as exc:
             if connection is not None:
                 connection.abort()
-            raise ExchangeUnavailable(self.url, f"cannot connect: {exc}") from exc
+            detail = str(exc) or f"no answer within {self._open_timeout_s} s"  # TimeoutError
+            raise ExchangeUnavailable(self.url, f"cannot connect{via}: {detail}") from exc
         except asyncio.CancelledError:
             if connection is not None:
                 connection.abort()
@@ -115,6 +129,76 @@ class KalshiClient(ClientBase):
                 raise HandshakeRejected(response.status_code, self.url, body) from failure
             raise ExchangeUnavailable(self.url, f"cannot connect: {failure}") from failure
         return connection
+
+    def _proxy_for(self, uri: WebSocketURI) -> Proxy | None:
+        """The proxy the environment names for `uri`, as websockets' own connect() finds it
+        (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, ... through urllib's getproxies()), or None."""
+        proxy_url = get_proxy(uri)
+        if proxy_url is None:
+            return None
+        variable = _proxy_variable(uri)
+        # A proxy setting that can never work is a configuration error (fatal at start, not
+        # retried like an unreachable exchange).
+        try:
+            proxy = parse_proxy(proxy_url)
+        except InvalidProxy as exc:
+            # `from None`: the cause's text holds the whole URL, user:password included.
+            raise ConfigError(
+                f"not a valid proxy URL: {exc.msg}",
+                source="environment",
+                field=variable,
+                fix=f"correct it, or put {uri.host} in NO_PROXY to connect directly",
+            ) from None
+        if proxy.scheme.startswith("socks"):
+            raise ConfigError(
+                f"names a SOCKS proxy ({_proxy_address(proxy)}), which ssmd does not support",
+                source="environment",
+                field=variable,
+                fix=f"name an HTTP proxy there, or put {uri.host} in NO_PROXY to connect directly",
+            )
+        self._log.info("client.proxy", proxy=_proxy_address(proxy), variable=variable)
+        return proxy
+
+
+async def _open_tunnel(
+    client: KalshiClient, protocol: ClientProtocol, proxy: Proxy, uri: WebSocketURI, user_agent: str
+) -> _Connection:
+    """A CONNECT tunnel through an HTTP(S) proxy to the exchange, TLS inside it for wss://;
+    websockets' create_connection() does the same (asyncio/client.py open_tcp_connection)."""
+    transport = await connect_http_proxy(
+        proxy, uri, user_agent_header=user_agent, ssl=True if proxy.scheme == "https" else None
+    )
+    connection = _Connection(client, protocol)
+    try:
+        transport.set_protocol(connection)
+        if uri.secure:
+            context = ssl.create_default_context()
+            loop = asyncio.get_running_loop()
+            tls = await loop.start_tls(transport, connection, context, server_hostname=uri.host)
+            if tls is None:  # only for a transport already closing
+                raise ConnectionResetError("the proxy closed the tunnel")
+            transport = tls
+    except (OSError, asyncio.CancelledError):  # TLS refused, or the open timeout: no leak
+        transport.abort()
+        raise
+    connection.connection_made(transport)
+    return connection
+
+
+def _proxy_address(proxy: Proxy) -> str:
+    """scheme://host:port: never the user:password a proxy URL may carry."""
+    return f"{proxy.scheme}://{proxy.host}:{proxy.port}"
+
+
+def _proxy_variable(uri: WebSocketURI) -> str:
+    """The environment variable get_proxy() took the proxy from, for messages."""
+    proxies = urllib.request.getproxies()
+    schemes = ("wss", "socks", "https") if uri.secure else ("ws", "socks", "https", "http")
+    for scheme in schemes:  # get_proxy()'s order
+        if scheme in proxies:
+            name = f"{scheme}_proxy"
+            return name if name in os.environ else name.upper()  # the lower-case name wins
+    return "the system proxy settings"
 
 
 class _Connection(asyncio.Protocol):

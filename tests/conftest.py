@@ -110,3 +110,24 @@ def drained(sink: asyncio.Queue[Record | None]) -> list[Record]:
         assert record is not None
         records.append(record)
     return records
+
+
+PROXY_NAMES = ("http", "https", "ws", "wss", "socks", "all", "no")
+
+
+def set_proxy_environment(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Exactly `values` (e.g. HTTP_PROXY=...) and no other proxy variable, whatever the
+    environment pytest runs in."""
+    for name in PROXY_NAMES:
+        monkeypatch.delenv(f"{name}_proxy", raising=False)
+        monkeypatch.delenv(f"{name.upper()}_PROXY", raising=False)
+    monkeypatch.delenv("REQUEST_METHOD", raising=False)  # getproxies() then skips HTTP_PROXY
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every process it starts) reaches 127.0.0.1 directly, whatever proxy the
+    developer's shell names, unless the test sets one."""
+    set_proxy_environment(monkeypatch)

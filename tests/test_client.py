@@ -1,18 +1,29 @@
 """The websockets client driver on its own, against scripted servers on 127.0.0.1: a refused
 handshake, a fragmented message, a message over the limit (1009), an exchange that never pongs,
 and backpressure from a full sink (reading pauses; once drained, nothing is lost or reordered).
-The fragment, limit and backpressure tests also run the picows driver (the shared FramePump)."""
+The fragment, limit and backpressure tests also run the picows driver (the shared FramePump).
+The proxy environment: a CONNECT proxy in front of the simulator (and of a wss:// server),
+NO_PROXY, a 407, SOCKS, an invalid proxy URL."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import pytest
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
@@ -23,11 +34,12 @@ from ssmd.auth import Credentials
 from ssmd.client import KalshiClient
 from ssmd.client_events import MAX_FRAME_BYTES
 from ssmd.client_picows import PicowsKalshiClient
-from ssmd.errors import ExchangeUnavailable, HandshakeRejected
+from ssmd.errors import ConfigError, ExchangeUnavailable, HandshakeRejected
+from ssmd.exchange.server import ExchangeSimulator
 from ssmd.messages import Channel
 from ssmd.records import BookDelta, BookSnapshot, Record, Status, StatusEvent
 from ssmd.session import KalshiSession
-from tests.conftest import drained, wait_until
+from tests.conftest import drained, set_proxy_environment, wait_until
 
 KEY_ID = "client-test-key"
 MARKET = "KXGOLDH-26AUG2711-T4615.99"
@@ -35,6 +47,7 @@ ClientClass = type[KalshiClient] | type[PicowsKalshiClient]
 BOTH_CLIENTS = pytest.mark.parametrize("client_class", [KalshiClient, PicowsKalshiClient])
 
 
+# Every name urllib's getproxies() may read for a ws:// or wss:// URL, in both cases.
 def subscribed() -> str:
     return json.dumps(
         {"type": "subscribed", "id": 1, "msg": {"channel": "orderbook_delta", "sid": 1}}
@@ -91,7 +104,9 @@ def untimed(records: list[Record]) -> list[Record]:
 
 
 @contextlib.asynccontextmanager
-async def scripted(handler: Callable[[ServerConnection], Awaitable[None]]) -> AsyncIterator[str]:
+async def scripted(
+    handler: Callable[[ServerConnection], Awaitable[None]], tls: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
     """A websockets server running `handler` once the client's subscribe command came."""
 
     async def serve_one(ws: ServerConnection) -> None:
@@ -99,9 +114,10 @@ async def scripted(handler: Callable[[ServerConnection], Awaitable[None]]) -> As
         await ws.send(subscribed())
         await handler(ws)
 
-    async with serve(serve_one, "127.0.0.1", 0, compression=None) as server:
+    async with serve(serve_one, "127.0.0.1", 0, compression=None, ssl=tls) as server:
         port = server.sockets[0].getsockname()[1]
-        yield f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+        scheme = "ws" if tls is None else "wss"
+        yield f"{scheme}://127.0.0.1:{port}/trade-api/ws/v2"
 
 
 async def test_a_refused_handshake_is_handshake_rejected_with_status_and_body(
@@ -310,3 +326,275 @@ async def test_a_full_sink_pauses_reading_and_nothing_is_lost(
     assert isinstance(records[-1], Status)
     assert records[-1].event is StatusEvent.DISCONNECTED
     assert records[-1].reason == "shutdown"
+
+
+@dataclass
+class ConnectProxy:
+    """A CONNECT proxy on 127.0.0.1: answers `status`, and on 200 pipes bytes both ways."""
+
+    status: int = 200
+    port: int = 0
+    targets: list[str] = field(default_factory=list)  # host:port of every CONNECT
+    requests: list[bytes] = field(default_factory=list)  # their heads
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests.append(head)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+            assert method == "CONNECT"
+            self.targets.append(target)
+            if self.status != 200:
+                writer.write(
+                    f"HTTP/1.1 {self.status} No\r\nProxy-Authenticate: Basic\r\n"
+                    "Content-Length: 0\r\n\r\n".encode()
+                )
+                await writer.drain()
+                return
+            host, port = target.rsplit(":", 1)
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            try:
+                await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+            finally:
+                upstream_writer.close()
+        finally:
+            writer.close()
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+@contextlib.asynccontextmanager
+async def connect_proxy(status: int = 200) -> AsyncIterator[ConnectProxy]:
+    proxy = ConnectProxy(status)
+    tunnels: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tunnels.add(task)
+        await proxy.handle(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    proxy.port = server.sockets[0].getsockname()[1]
+    try:
+        yield proxy
+    finally:
+        server.close()
+        for task in tunnels:
+            task.cancel()
+        await asyncio.gather(*tunnels, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def stream_from(sim: ExchangeSimulator, rsa_key: rsa.RSAPrivateKey) -> list[Record]:
+    """Run the websockets client against `sim` until 50 frames came, then stop it."""
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    session = KalshiSession(
+        connection_id="t/1", channels=list(Channel), markets=sim.markets, use_yes_price=True
+    )
+    client = KalshiClient(
+        url=sim.url, credentials=Credentials(KEY_ID, rsa_key), session=session, sink=sink
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(client.run(stop))
+    await wait_until(lambda: session.stats.frames_received >= 50 or run.done(), 30, "frames")
+    stop.set()
+    await asyncio.wait_for(run, 30)
+    return drained(sink)
+
+
+def simulator(key: rsa.RSAPrivateKey) -> ExchangeSimulator:
+    return ExchangeSimulator(
+        public_keys={KEY_ID: key.public_key()}, market_count=2, rate_hz=500.0, seed=3
+    )
+
+
+async def test_an_http_proxy_in_the_environment_carries_the_connection(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with connect_proxy() as proxy, simulator(rsa_key) as sim:
+        set_proxy_environment(monkeypatch, HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")
+        with structlog.testing.capture_logs() as logs:
+            records = await stream_from(sim, rsa_key)
+    exchange = sim.url.split("/")[2]  # 127.0.0.1:port
+    assert proxy.targets == [exchange]
+    assert f"Host: {exchange}".encode() in proxy.requests[0]
+    assert sim.accepted_connections == 1
+    statuses = [r.event for r in records if isinstance(r, Status)]
+    assert statuses[0] is StatusEvent.CONNECTED
+    assert statuses[-1] is StatusEvent.DISCONNECTED
+    assert sum(1 for r in records if isinstance(r, BookSnapshot)) == len(sim.markets)
+    proxy_logs = [e for e in logs if e["event"] == "client.proxy"]
+    assert proxy_logs[0]["proxy"] == f"http://127.0.0.1:{proxy.port}"
+    assert proxy_logs[0]["variable"] == "HTTP_PROXY"
+
+
+def tls_for_localhost(key: rsa.RSAPrivateKey, tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a self-signed certificate for 127.0.0.1, and its PEM file (the
+    client trusts it through SSL_CERT_FILE, as it would a corporate CA)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "cert.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
+
+
+async def test_wss_through_an_http_proxy_is_tls_to_the_exchange_inside_the_tunnel(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server_tls, cert_file = tls_for_localhost(rsa_key, tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+
+    async def send(ws: ServerConnection) -> None:
+        await ws.send(snapshot())
+        await ws.wait_closed()
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    async with connect_proxy() as proxy, scripted(send, server_tls) as url:
+        # HTTP_PROXY is for ws:// only: this one must not be used.
+        set_proxy_environment(
+            monkeypatch,
+            HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}",
+            HTTP_PROXY="http://127.0.0.1:9",
+        )
+        client = new_client(KalshiClient, url, rsa_key, sink)
+        stop = asyncio.Event()
+        run = asyncio.create_task(client.run(stop))
+        await wait_until(lambda: client.session.stats.frames_received == 2, 10, "2 frames")
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    assert url.startswith("wss://")
+    assert proxy.targets == [url.split("/")[2]]
+    assert [type(r) for r in drained(sink) if not isinstance(r, Status)] == [BookSnapshot]
+
+
+async def test_no_proxy_covering_the_exchange_connects_directly(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with connect_proxy() as proxy, simulator(rsa_key) as sim:
+        set_proxy_environment(
+            monkeypatch,
+            http_proxy=f"http://127.0.0.1:{proxy.port}",  # lower case, as getproxies() reads
+            HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}",
+            NO_PROXY="localhost,127.0.0.1",
+        )
+        records = await stream_from(sim, rsa_key)
+    assert proxy.targets == []
+    assert sim.accepted_connections == 1
+    assert sum(1 for r in records if isinstance(r, BookSnapshot)) == len(sim.markets)
+
+
+async def test_a_proxy_refusing_is_exchange_unavailable_with_its_status_not_the_password(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with connect_proxy(status=407) as proxy:
+        set_proxy_environment(monkeypatch, HTTP_PROXY=f"http://user:secret@127.0.0.1:{proxy.port}")
+        url = "ws://127.0.0.1:9/trade-api/ws/v2"  # the proxy answers before any connect
+        client = new_client(KalshiClient, url, rsa_key, asyncio.Queue())
+        with structlog.testing.capture_logs() as logs, pytest.raises(ExchangeUnavailable) as info:
+            await client.run(asyncio.Event())
+    assert proxy.targets == ["127.0.0.1:9"]
+    # The credentials went to the proxy (Basic user:secret), and nowhere else.
+    assert b"Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=" in proxy.requests[0]
+    assert "407" in info.value.reason
+    assert f"proxy http://127.0.0.1:{proxy.port}" in info.value.reason
+    assert not client.connected.is_set()
+    chain: list[BaseException] = [info.value]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(cause)
+    assert all("secret" not in str(exc) for exc in chain)
+    assert "secret" not in repr(logs)
+
+
+async def test_a_socks_proxy_is_refused_naming_the_variable_not_the_password(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_proxy_environment(monkeypatch, https_proxy="socks5h://user:secret@127.0.0.1:1080")
+    url = "wss://127.0.0.1:9/trade-api/ws/v2"
+    client = new_client(KalshiClient, url, rsa_key, asyncio.Queue())
+    with pytest.raises(ConfigError) as info:  # fatal: retrying cannot help
+        await client.run(asyncio.Event())
+    assert info.value.field == "https_proxy"
+    assert "names a SOCKS proxy (socks5h://127.0.0.1:1080)" in info.value.message
+    assert "NO_PROXY" in info.value.fix
+    assert "secret" not in str(info.value)
+    assert info.value.__cause__ is None
+
+
+async def test_an_invalid_proxy_is_refused_without_echoing_it(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_proxy_environment(monkeypatch, HTTP_PROXY="http://user:secret@127.0.0.1:3128/path")
+    client = new_client(KalshiClient, "ws://127.0.0.1:9/", rsa_key, asyncio.Queue())
+    with pytest.raises(ConfigError) as info:  # fatal: retrying cannot help
+        await client.run(asyncio.Event())
+    assert (info.value.field, info.value.message) == (
+        "HTTP_PROXY",
+        "not a valid proxy URL: path is meaningless",
+    )
+    assert "secret" not in str(info.value)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__  # the InvalidProxy's text holds the password
+
+
+async def test_the_open_timeout_covers_a_proxy_that_never_answers(
+    rsa_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connects: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connects.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        set_proxy_environment(monkeypatch, HTTP_PROXY=f"http://127.0.0.1:{port}")
+        client = KalshiClient(
+            url="ws://127.0.0.1:9/trade-api/ws/v2",
+            credentials=Credentials(KEY_ID, rsa_key),
+            session=new_session(),
+            sink=asyncio.Queue(),
+            open_timeout_s=0.2,
+        )
+        with pytest.raises(ExchangeUnavailable) as info:
+            await asyncio.wait_for(client.run(asyncio.Event()), 10)
+    assert connects[0].startswith(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n")
+    assert info.value.reason == (
+        f"cannot connect through proxy http://127.0.0.1:{port}: no answer within 0.2 s"
+    )
+    assert isinstance(info.value.__cause__, TimeoutError)
