@@ -16,6 +16,7 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from ssmd.config import NatsTransportSettings
@@ -562,6 +563,41 @@ async def test_publish_many_keeps_order_past_a_full_window(
         msg_id_for(record) for record in records
     ]
     assert transport.stats().acked == len(records)
+
+
+async def test_records_follow_nats_py_commands_still_in_its_buffer(
+    nats_server: NatsServer, transport_factory: Callable[..., Awaitable[NatsTransport]]
+) -> None:
+    """Our HPUBs go to the socket at once, but not ahead of a command nats-py has buffered for
+    its flusher (here a SUB): those records wait behind it, later ones go straight out."""
+    transport = await transport_factory(nats_settings([nats_server.url]))
+    nc = transport._nc
+    assert nc is not None
+    seen: list[bytes] = []
+    got = asyncio.Event()
+
+    async def receive(msg: Msg) -> None:
+        seen.append(msg.data)
+        got.set()
+
+    await nc.subscribe("probe.after", cb=receive)
+    assert nc._pending_data_size > 0  # the SUB waits for nats-py's flusher task
+    records: list[Record] = [trade(n, MARKETS[n % 3]) for n in range(300)]
+    await transport.publish_many(records[:100])  # behind the SUB, in nats-py's buffer
+    await transport.publish_many(records[100:200])
+    for record in records[200:]:
+        await transport.publish(record)
+    await transport.flush()
+    other = await nats.connect(nats_server.url)
+    try:
+        await other.publish("probe.after", b"hello")  # the SUB reached the server
+        await other.flush()
+        await asyncio.wait_for(got.wait(), 5)
+    finally:
+        await other.close()
+    assert seen == [b"hello"]
+    await transport.close()
+    assert decode_json(await read_stream(nats_server.url)) == records
 
 
 async def test_publish_many_with_overflow_drop_counts_and_reports(

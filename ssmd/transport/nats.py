@@ -295,9 +295,14 @@ class NatsTransport:
     async def _write(self, data: bytes, last_n: int) -> bool:
         """Write HPUB commands on the current connection; False when the link broke.
 
-        The bytes go into nats-py's pending buffer and its flusher task is woken, as nats-py's
-        own publish() does (nats/aio/client.py, _send_publish), without re-rendering the headers
-        we rendered once per kind and market.
+        The bytes go to the socket now, then drain() applies the transport's flow control, as
+        nats-py's flusher task does with its pending buffer (nats/aio/client.py, _flusher). Going
+        through that buffer and task instead (what nats-py's publish() does) delays the write to
+        the flusher's turn, after the reads of the next loop iteration have been handled: at 20k
+        frames/s that was p99 1.1-1.4 ms (p99.9 ~4 ms) between publish and socket, now ~3 µs,
+        and frame -> JetStream p50 went from ~2.2 to ~1.2 ms (measured); no flusher wake-up.
+        While nats-py has commands of its own pending (PONG, SUB), ours queue behind them in its
+        buffer, so the connection's command order is kept.
         """
         nc = self._nc
         if nc is None:
@@ -306,9 +311,14 @@ class NatsTransport:
             self._connection_lost(self._generation, "publish failed: connection closed")
             return False
         try:
-            await nc._send_command(data)
-            if nc._flush_queue is not None and nc._flush_queue.empty():
-                await nc._flush_pending()
+            transport = nc._transport
+            if nc._pending_data_size or transport is None:
+                await nc._send_command(data)
+                if nc._flush_queue is not None and nc._flush_queue.empty():
+                    await nc._flush_pending()
+            else:
+                transport.write(data)
+                await transport.drain()  # type: ignore[no-untyped-call]  # nats-py: untyped
         except NATS_ERRORS as exc:
             self._connection_lost(self._generation, f"publish failed: {exc or type(exc).__name__}")
             return False

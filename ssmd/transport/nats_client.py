@@ -1,7 +1,8 @@
 """The nats-py side of the JetStream transport: connecting with every auth option, stream
 creation/validation, and a client whose parser hands JetStream acks straight to the transport
 (no per-ack Msg, queue or task). Relies on nats-py 2.16 internals (`Parser.buf/state`,
-`Client._send_command`): the transport tests fail at once if a release changes them;
+`Client._send_command/_transport/_pending_data_size`): the transport tests fail at once if a
+release changes them;
 pyproject pins nats-py 2.16.x.
 """
 
