@@ -99,6 +99,15 @@ def new_client(
     )
 
 
+async def run_until_frames(client: KalshiClient | PicowsKalshiClient, frames: int) -> None:
+    """Run the client until its session has received `frames` frames, then stop it cleanly."""
+    stop = asyncio.Event()
+    run = asyncio.create_task(client.run(stop))
+    await wait_until(lambda: client.session.stats.frames_received == frames, 10, f"{frames} frames")
+    stop.set()
+    await asyncio.wait_for(run, 10)
+
+
 def untimed(records: list[Record]) -> list[Record]:
     return [msgspec.structs.replace(r, receive_ts_ns=0) for r in records]
 
@@ -182,11 +191,7 @@ async def test_a_fragmented_message_is_reassembled(
     sink: asyncio.Queue[Record | None] = asyncio.Queue()
     async with scripted(send) as url:
         client = new_client(client_class, url, rsa_key, sink)
-        stop = asyncio.Event()
-        run = asyncio.create_task(client.run(stop))
-        await wait_until(lambda: client.session.stats.frames_received == 4, 10, "4 frames")
-        stop.set()
-        await asyncio.wait_for(run, 10)
+        await run_until_frames(client, 4)
     records = drained(sink)
     expected_session = new_session()
     expected = [expected_session.receive_frame(frame.encode(), 0) for frame in frames]
@@ -491,11 +496,7 @@ async def test_wss_through_an_http_proxy_is_tls_to_the_exchange_inside_the_tunne
             HTTP_PROXY="http://127.0.0.1:9",
         )
         client = new_client(KalshiClient, url, rsa_key, sink)
-        stop = asyncio.Event()
-        run = asyncio.create_task(client.run(stop))
-        await wait_until(lambda: client.session.stats.frames_received == 2, 10, "2 frames")
-        stop.set()
-        await asyncio.wait_for(run, 10)
+        await run_until_frames(client, 2)
     assert url.startswith("wss://")
     assert proxy.targets == [url.split("/")[2]]
     assert [type(r) for r in drained(sink) if not isinstance(r, Status)] == [BookSnapshot]
