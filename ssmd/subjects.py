@@ -95,9 +95,9 @@ def decode_token(token: str) -> str:
 class SubjectMapper:
     """Subjects under one prefix.
 
-    Not cached here: the NATS transport renders each (record type, market)'s HPUB parts once
-    and keeps the subject in them, so a cache here held a second copy of every key (7.7 MB at
-    the end of a 10,000-market blast run, measured by a deep-size census).
+    Not cached: the NATS transport asks once per record type and keeps each market's token
+    (nats_core.KindParts, MarketParts); a cache per (record type, market) here held 7.7 MB at
+    the end of a 10,000-market blast run (measured by a deep-size census).
     """
 
     def __init__(self, prefix: str) -> None:

@@ -58,6 +58,7 @@ from ssmd.transport.nats_core import (
     header_tail,
     header_value,
     hpub_command,
+    hpub_subject,
     parse_pub_ack,
     stored_ack_head,
 )
@@ -214,7 +215,7 @@ def test_parse_pub_ack(data: bytes, headers: dict[str, str] | None, expected: ob
 
 def test_ack_window_settles_in_any_order_and_counts() -> None:
     window = AckWindow(capacity=3)
-    numbers = [window.add((f"s.{k}", k, b"", kind, TS, TS)) for k, kind in enumerate("aab", 1)]
+    numbers = [window.add((k, b"", kind, TS, TS)) for k, kind in enumerate("aab", 1)]
     assert numbers == [0, 1, 2]
     assert window.full
     assert window.settle(1, duplicate=False, now_ns=TS)
@@ -234,7 +235,7 @@ def test_stored_acks_settle_together_as_settle_would() -> None:
     fast, slow = AckWindow(capacity=10), AckWindow(capacity=10)
     for window in (fast, slow):
         for k in range(6):
-            window.add((f"s.{k}", 10 + k, b"", "ab"[k % 2], TS - 3 * MS, TS - (2 + k // 3) * MS))
+            window.add((10 + k, b"", "ab"[k % 2], TS - 3 * MS, TS - (2 + k // 3) * MS))
     assert fast.settle_stored([0, 4, 9, 5], TS) == 3
     for n in (0, 4, 5):
         assert slow.settle(n, duplicate=False, now_ns=TS)
@@ -304,7 +305,7 @@ def test_entry_commands_are_hpub_command_of_the_record() -> None:
     transport = NatsTransport(nats_settings(["nats://127.0.0.1:4222"], subject_prefix="p.q"))
     transport._reply_prefix = b"_INBOX.abc."  # what start() sets from the connection's inbox
     for n, record in enumerate(records * 2, start=7):  # twice: from the parts' caches too
-        _, payload_len, command = transport._entry(record, n, TS)[:3]
+        payload_len, command = transport._entry(record, n, TS)[:2]
         payload = msgspec.json.encode(record)
         kind = record_kind(record)
         expected = hpub_command(
@@ -315,6 +316,7 @@ def test_entry_commands_are_hpub_command_of_the_record() -> None:
             payload,
         )
         assert command == expected, record
+        assert hpub_subject(command) == transport.mapper.subject_for(record)
         assert payload_len == len(payload)
 
 
@@ -333,8 +335,8 @@ def test_ack_watch_fires_when_the_same_record_stays_oldest() -> None:
     window = AckWindow(capacity=10)
     watch = AckWatch(timeout_s=5)
     assert not watch.overdue(window, 0.0)  # nothing pending
-    window.add(("s", 0, b"", "k", TS, TS))
-    window.add(("s", 0, b"", "k", TS, TS))
+    window.add((0, b"", "k", TS, TS))
+    window.add((0, b"", "k", TS, TS))
     assert not watch.overdue(window, 100.0)  # first seen now
     assert not watch.overdue(window, 104.9)
     window.settle(0, duplicate=False, now_ns=TS)  # progress: the oldest changed
@@ -383,8 +385,8 @@ def test_latency_histogram_puts_a_bound_in_its_own_bucket_and_sums_exactly() -> 
 def test_ack_window_times_each_ack_from_receive_and_from_publish() -> None:
     window = AckWindow(capacity=4)
     # received at TS, handed to the transport 2 ms later, acked 3 ms after that
-    window.add(("s", 1, b"", "trade", TS, TS + 2 * MS))
-    window.add(("s", 1, b"", "trade", TS + MS, TS + 2 * MS))
+    window.add((1, b"", "trade", TS, TS + 2 * MS))
+    window.add((1, b"", "trade", TS + MS, TS + 2 * MS))
     assert window.settle(0, duplicate=False, now_ns=TS + 5 * MS)
     assert window.settle(1, duplicate=True, now_ns=TS + 6 * MS)
     assert not window.settle(1, duplicate=False, now_ns=TS + 9 * MS)  # a re-send's ack: not timed

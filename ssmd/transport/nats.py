@@ -42,6 +42,7 @@ from ssmd.transport.nats_core import (
     StreamMissing,
     drop_status,
     header_value,
+    hpub_subject,
     kind_parts,
     market_parts,
     parse_pub_ack,
@@ -174,7 +175,7 @@ class NatsTransport:
                     self._idle.clear()
                 entry = self._entry(record, window.next_n, published_ns)
                 window.add(entry)
-                commands.append(entry[2])
+                commands.append(entry[1])
         finally:  # also when a record is refused: the ones before it are in the window
             if commands:
                 await self._send_commands(commands, window.next_n - 1)
@@ -273,7 +274,7 @@ class NatsTransport:
             market_tail,
             payload,
         )
-        return kind, payload_len, command, kind, record.receive_ts_ns, published_ns
+        return payload_len, command, kind, record.receive_ts_ns, published_ns
 
     async def _enqueue(self, record: Record, published_ns: int) -> None:
         """Add to the window; send now when the link is up (else the re-send will)."""
@@ -283,7 +284,7 @@ class NatsTransport:
         n = window.next_n
         entry = self._entry(record, n, published_ns)
         window.add(entry)
-        await self._send_commands([entry[2]], n)
+        await self._send_commands([entry[1]], n)
 
     async def _send_commands(self, commands: list[bytes], last_n: int) -> bool:
         """Send the commands of pending records up to `last_n` (the newest) when the link is
@@ -354,7 +355,7 @@ class NatsTransport:
         window = self._window
         if isinstance(ack, str):
             if n in window.pending and self._connection_lost(generation, f"rejected: {ack}"):
-                subject_text = window.pending[n][2].split(b" ", 2)[1].decode()
+                subject_text = hpub_subject(window.pending[n][1])
                 log.warning("nats.publish.rejected", reason=ack, subject=subject_text)
             return
         if window.settle(n, duplicate=ack.duplicate, now_ns=self._clock_ns()):
@@ -515,7 +516,7 @@ class NatsTransport:
                 entry = window.pending.get(n)
                 if entry is None:
                     continue
-                if not await self._write(entry[2], n) or generation != self._generation:
+                if not await self._write(entry[1], n) or generation != self._generation:
                     return  # lost again: _lost is set, the link loop goes round once more
                 resent += n < boundary
             cursor = batch[-1] + 1

@@ -26,10 +26,11 @@ HEADER_CONTENT_TYPE = "Content-Type"
 CONTENT_TYPES = {NatsPayload.JSON: "application/json", NatsPayload.MSGPACK: "application/msgpack"}
 DROP_CONNECTION_ID = "transport"
 
-# One record waiting for its ack: subject, payload size, the whole HPUB command (reply subject
-# included, so a re-send after a reconnect is the same bytes), kind, the record's receive_ts_ns
-# (its frame's arrival) and published_ns (when publish()/publish_many() was called with it).
-Entry = tuple[str, int, bytes, str, int, int]
+# One record waiting for its ack: payload size, the whole HPUB command (reply subject included,
+# so a re-send after a reconnect is the same bytes; hpub_subject() reads its subject back), kind,
+# the record's receive_ts_ns (its frame's arrival) and published_ns (when publish() or
+# publish_many() was called with it).
+Entry = tuple[int, bytes, str, int, int]
 # Acks that need a JSON parse, in order: (n, ack JSON) with n the reply subject's last token.
 PubAcks = list[tuple[bytes, bytes]]
 
@@ -208,6 +209,12 @@ def kind_parts(record: Record, subject: str, prefix: str) -> KindParts:
     return kind, subject_head, with_token, middle, _seq_id_head(record, kind)
 
 
+def hpub_subject(command: bytes) -> str:
+    """The subject of an HPUB command (`HPUB <subject> <reply> ...`), for logs: entries keep
+    the command, not the subject (one string less per record in flight)."""
+    return command.split(b" ", 2)[1].decode()
+
+
 def market_parts(market: str, content_type: str) -> MarketParts:
     """The MarketParts of `market` (the content type ends the header block)."""
     value = header_value(market)
@@ -372,7 +379,7 @@ class AckWindow:
         entry = self.pending.pop(n, None)
         if entry is None:
             return False
-        _, payload_len, _, kind, receive_ts_ns, published_ns = entry
+        payload_len, _, kind, receive_ts_ns, published_ns = entry
         self.acked_by_kind[kind] = self.acked_by_kind.get(kind, 0) + 1
         self.acked += 1
         self.acked_bytes += payload_len
@@ -402,7 +409,7 @@ class AckWindow:
             entry = pop(n, None)
             if entry is None:
                 continue
-            _, payload_len, _, kind, receive_ts_ns, published_ns = entry
+            payload_len, _, kind, receive_ts_ns, published_ns = entry
             by_kind[kind] = by_kind.get(kind, 0) + 1
             acked_bytes += payload_len
             latency_ns = now_ns - receive_ts_ns
