@@ -1,6 +1,6 @@
 """Operations endpoints: /health and /ready verdicts (with the reason in the body) and the
-activity they read, and OpsServer, which serves them with Prometheus /metrics (ssmd.ops_http,
-imported only when the server is on)."""
+activity they read. ssmd.ops_http serves them with Prometheus /metrics (imported only when
+ops.address is set)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from ssmd.transport.nats import NatsTransport
 from ssmd.transport.nats_core import LinkState
 
 if TYPE_CHECKING:
-    from ssmd.ops_http import OpsHttp
     from ssmd.runner import Connector
 
 
@@ -142,34 +141,6 @@ class OpsState:
         if isinstance(transport, NatsTransport) and transport.state is not LinkState.UP:
             return f"NATS link {transport.state.value}"
         return None
-
-
-class OpsServer:
-    """Serves /metrics, /health and /ready on `host:port` for one OpsState (ssmd.ops_http)."""
-
-    def __init__(self, state: OpsState, *, host: str, port: int) -> None:
-        # aiohttp.web and prometheus_client add ~3 MB of RSS to a connector (measured): only a
-        # connector with ops.address set imports them.
-        from ssmd.ops_http import OpsHttp
-
-        self.state = state
-        self.host = host
-        self._http: OpsHttp = OpsHttp(state, host=host, port=port)
-
-    @property
-    def port(self) -> int:
-        """The bound port (the real one when configured as 0)."""
-        return self._http.port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def stop(self) -> None:
-        await self._http.stop()
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -209,8 +209,8 @@ def _labelled_counter(
     return family
 
 
-class OpsHttp:
-    """The aiohttp server of OpsServer: /metrics, /health, /ready; a small task samples
+class OpsServer:
+    """The ops HTTP server: /metrics, /health, /ready; a small task samples
     activity so staleness is measured even when nobody asks."""
 
     def __init__(self, state: OpsState, *, host: str, port: int) -> None:
