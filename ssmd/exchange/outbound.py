@@ -333,9 +333,6 @@ async def _send_texts(ws: ServerConnection, frames: list[bytes]) -> None:
     from user code (asyncio/connection.py): it checks the connection is open, then applies
     flow control (drain) after our write.
     """
-    if len(frames) == 1:
-        await ws.send(frames[0], text=True)
-        return
     async with ws.send_context():
         protocol = ws.protocol
         for frame in frames:
