@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from websockets.server import ServerProtocol
 from ssmd.auth import Credentials
 from ssmd.client import KalshiClient
 from ssmd.client_events import MAX_FRAME_BYTES
-from ssmd.client_picows import PicowsKalshiClient
+from ssmd.client_picows import RECEIVE_BUFFER_BYTES, PicowsKalshiClient
 from ssmd.errors import ConfigError, ExchangeUnavailable, HandshakeRejected
 from ssmd.exchange.server import ExchangeSimulator
 from ssmd.messages import Channel
@@ -599,3 +600,25 @@ async def test_the_open_timeout_covers_a_proxy_that_never_answers(
         f"cannot connect through proxy http://127.0.0.1:{port}: no answer within 0.2 s"
     )
     assert isinstance(info.value.__cause__, TimeoutError)
+
+
+async def test_picows_caps_its_socket_receive_buffer(rsa_key: rsa.RSAPrivateKey) -> None:
+    # picows reads whatever the socket holds and grows its buffer to match; Linux lets a busy
+    # socket's receive buffer grow to tcp_rmem's max (32 MiB here): the cap bounds one read.
+    async def send_snapshot(ws: ServerConnection) -> None:
+        await ws.send(snapshot())
+        await ws.wait_closed()
+
+    sink: asyncio.Queue[Record | None] = asyncio.Queue()
+    async with scripted(send_snapshot) as url:
+        client = new_client(PicowsKalshiClient, url, rsa_key, sink)
+        stop = asyncio.Event()
+        run = asyncio.create_task(client.run(stop))
+        await wait_until(lambda: client.session.stats.frames_received == 2, 10, "ack, snapshot")
+        assert client._listener is not None
+        sock = client._listener.transport.underlying_transport.get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        stop.set()
+        await asyncio.wait_for(run, 10)
+    # Linux reports twice what was set (its bookkeeping share); without the cap, ~128 KiB.
+    assert RECEIVE_BUFFER_BYTES <= size <= 2 * RECEIVE_BUFFER_BYTES
