@@ -35,6 +35,7 @@ from ssmd.messages import (
     OrderbookSnapshot,
     Subscribed,
     TickerFrame,
+    TradeFrame,
     Unsubscribed,
 )
 from ssmd.natsserver import NatsServer
@@ -130,6 +131,11 @@ def account(
     connection_ids = sorted(sent_by_connection)
     assert len(connection_ids) == len(segments), (connection_ids, [s[0] for s in segments])
     result.connections = len(segments)
+    # A trade fetched over REST after a reconnect (§9.5) can be published before its live frame
+    # arrives; the live frame is then dropped by the trade-id dedupe: published once, not lost.
+    backfilled_trade_ids = {
+        r.trade_id for r in records if isinstance(r, Trade) and Flag.BACKFILLED in r.flags
+    }
     for connection_id, (session_id, segment) in zip(connection_ids, segments, strict=True):
         published: dict[tuple[str, int, int], RecordBase] = {}
         tickers: set[RecordBase] = set()
@@ -194,6 +200,8 @@ def account(
                 last_published = index
             elif any(s == sid and lo <= seq < hi for s, lo, hi in gaps):
                 result.in_reported_gap += 1
+            elif isinstance(frame, TradeFrame) and frame.msg.trade_id in backfilled_trade_ids:
+                result.duplicates_dropped += 1
             else:
                 unresolved.append((index, f"{session_id} sid {sid} seq {seq}: {data[:160]!r}"))
         disconnect_reasons = [
